@@ -1,0 +1,153 @@
+"""The FastAPI application: routes, authentication, limits, metrics."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from edge_agent import __version__
+from edge_agent.api.errors import ApiError, install_handlers
+from edge_agent.api.generation import ChatShape, Generation, TextShape
+from edge_agent.api.limits import BodySizeLimit
+from edge_agent.api.metrics import Metrics
+from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
+from edge_agent.config import ApiConfig
+from edge_agent.runtime import ChatMessage, InvalidRequest
+from edge_agent.runtime.service import ModelService
+
+
+def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool = True) -> FastAPI:
+    """Build the app. With `load`, models load in the background once the server starts."""
+    by_name = {service.name: service for service in services}
+    metrics = Metrics()
+    metrics.watch(
+        lambda: sum(s.scheduler.queue_depth for s in services if s.scheduler),
+        lambda: sum(s.scheduler.active_sequences for s in services if s.scheduler),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if load:
+            for service in services:
+                service.load_in_background()
+        yield
+        for service in services:
+            service.stop()
+
+    app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=api.max_request_bytes)
+    install_handlers(app)
+    app.state.metrics = metrics
+    app.state.services = by_name
+
+    async def require_key(request: Request) -> None:
+        if not api.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(token.encode(), key.encode()) for key in api.api_keys
+        ):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def service_for(name: str) -> ModelService:
+        if name not in by_name:
+            available = ", ".join(by_name) or "none"
+            raise ApiError(
+                404,
+                f"the model '{name}' does not exist here (available: {available})",
+                param="model",
+                code="model_not_found",
+            )
+        return by_name[name]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        models = [_model_status(service) for service in services]
+        ready = bool(services) and all(service.ready for service in services)
+        body = {"status": "ready" if ready else "not_ready", "models": models}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @v1.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(s) for s in services]}
+
+    @v1.get("/models/{name}")
+    async def get_model(name: str) -> dict[str, Any]:
+        return _model_card(service_for(name))
+
+    @v1.post("/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        service = service_for(body.model)
+        params = body.chat_sampling()
+        model, _ = service.require()
+        messages = [ChatMessage(m.role, m.text()) for m in body.messages]
+        prompt_ids = model.encode(model.chat_prompt(messages))
+        gen = Generation(service, "chat", prompt_ids, params, metrics, ChatShape)
+        if body.stream:
+            return gen.stream(body.include_usage)
+        return await gen.respond(request)
+
+    @v1.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        service = service_for(body.model)
+        params = body.sampling()
+        model, _ = service.require()
+        prompt = body.prompt_input()
+        if isinstance(prompt, str):
+            prompt_ids = model.encode(prompt)
+        else:
+            vocab = model.folder.vocab_size
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    "prompt", f"token id {bad} is outside the vocabulary 0..{vocab - 1}"
+                )
+            prompt_ids = prompt
+        if not prompt_ids:
+            raise InvalidRequest("prompt", "the prompt is empty")
+        gen = Generation(service, "completions", prompt_ids, params, metrics, TextShape)
+        if body.stream:
+            return gen.stream(body.include_usage)
+        return await gen.respond(request)
+
+    app.include_router(v1)
+    return app
+
+
+def _model_card(service: ModelService) -> dict[str, Any]:
+    return {"id": service.name, "object": "model", "created": 0, "owned_by": "edge-agent"}
+
+
+def _model_status(service: ModelService) -> dict[str, Any]:
+    status: dict[str, Any] = {"id": service.name, "ready": service.ready}
+    if service.model is not None:
+        status.update(
+            load_seconds=round(service.model.load_seconds, 3),
+            provider=service.model.provider,
+            threads=service.model.threads,
+            context_length=service.model.context_length,
+        )
+    if service.error is not None:
+        status["error"] = str(service.error)
+    return status

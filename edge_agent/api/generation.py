@@ -1,0 +1,214 @@
+"""Run one generation for an HTTP request: streamed as SSE, or collected into one body.
+
+Chat and text completions differ only in how chunks look; `Shape` is that difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from edge_agent.api.errors import ApiError, sse_error
+from edge_agent.api.metrics import Metrics
+from edge_agent.runtime import Finished, FinishReason, SamplingParams, Submission, TextDelta
+from edge_agent.runtime.service import ModelService
+from edge_agent.runtime.sinks import AsyncSink
+
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+class Shape(Protocol):
+    """How one endpoint's responses look."""
+
+    opens_with_role: bool
+
+    def chunk(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]: ...
+
+    def full(self, text: str, finish: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class Generation:
+    service: ModelService
+    endpoint: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    metrics: Metrics
+    shape: Callable[[str, str, int], Shape]  # (id, model name, created) -> Shape
+
+    def __post_init__(self) -> None:
+        self.started = time.perf_counter()
+        self.id = uuid.uuid4().hex
+        self.created = int(time.time())
+        self.first_token_at: float | None = None
+
+    def start(self) -> tuple[Submission, AsyncSink]:
+        sink = AsyncSink()
+        return self.service.submit(self.prompt_ids, self.params, sink), sink
+
+    def _observe_delta(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            self.metrics.first_token_seconds.observe(self.first_token_at - self.started)
+
+    def _observe_finish(self, done: Finished, status: int) -> None:
+        now = time.perf_counter()
+        self.metrics.requests.labels(self.endpoint, str(status)).inc()
+        self.metrics.request_seconds.labels(self.endpoint).observe(now - self.started)
+        self.metrics.tokens.labels("prompt").inc(done.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(done.completion_tokens)
+        if self.first_token_at is not None and done.completion_tokens > 1:
+            per_token = (now - self.first_token_at) / (done.completion_tokens - 1)
+            self.metrics.token_seconds.observe(per_token)
+
+    def usage(self, done: Finished) -> dict[str, int]:
+        return {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+
+    # --- streaming -----------------------------------------------------------------------
+
+    def stream(self, include_usage: bool) -> StreamingResponse:
+        sub, sink = self.start()
+        shape = self.shape(self.id, self.service.name, self.created)
+        return StreamingResponse(
+            self._sse(sub, sink, shape, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _sse(
+        self, sub: Submission, sink: AsyncSink, shape: Shape, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        try:
+            if shape.opens_with_role:
+                yield _sse(shape.chunk(None, None, True))
+            async for event in sink:
+                if isinstance(event, TextDelta):
+                    self._observe_delta()
+                    yield _sse(shape.chunk(event.text, None, False))
+                    continue
+                failure = _failure(event)
+                self._observe_finish(event, failure.status if failure else 200)
+                if failure is not None:
+                    yield sse_error(failure)
+                    return
+                yield _sse(shape.chunk(None, event.reason.value, False))
+                if include_usage:
+                    usage = shape.chunk(None, None, False)
+                    usage["choices"] = []
+                    usage["usage"] = self.usage(event)
+                    yield _sse(usage)
+            yield b"data: [DONE]\n\n"
+        finally:
+            sub.cancel()  # a client that went away frees its slot at once
+
+    # --- one body ------------------------------------------------------------------------
+
+    async def respond(self, request: Request) -> JSONResponse:
+        sub, sink = self.start()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, sub))
+        parts: list[str] = []
+        try:
+            async for event in sink:
+                if isinstance(event, TextDelta):
+                    self._observe_delta()
+                    parts.append(event.text)
+                    continue
+                failure = _failure(event)
+                self._observe_finish(event, failure.status if failure else 200)
+                if failure is not None:
+                    raise failure
+                shape = self.shape(self.id, self.service.name, self.created)
+                body = shape.full("".join(parts), event.reason.value)
+                body["usage"] = self.usage(event)
+                return JSONResponse(body)
+        finally:
+            watcher.cancel()
+            sub.cancel()
+        raise ApiError(500, "generation ended without a result", type_="server_error")
+
+
+def _failure(done: Finished) -> ApiError | None:
+    if done.reason is FinishReason.ERROR:
+        return ApiError(500, f"generation failed: {done.error}", type_="server_error")
+    if done.reason is FinishReason.CANCELLED:
+        return ApiError(
+            503, "generation was cancelled: the agent is stopping", type_="server_error"
+        )
+    return None
+
+
+async def _cancel_on_disconnect(request: Request, sub: Submission) -> None:
+    while not sub.cancelled:
+        if await request.is_disconnected():
+            sub.cancel()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass(frozen=True)
+class ChatShape:
+    id: str
+    model: str
+    created: int
+    opens_with_role = True
+
+    def _envelope(self, obj: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{self.id}",
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+
+    def chunk(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+
+    def full(self, text: str, finish: str) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text, "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        return {**self._envelope("chat.completion"), "choices": [choice]}
+
+
+@dataclass(frozen=True)
+class TextShape:
+    id: str
+    model: str
+    created: int
+    opens_with_role = False
+
+    def _envelope(self) -> dict[str, Any]:
+        return {
+            "id": f"cmpl-{self.id}",
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
+
+    def chunk(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return {**self._envelope(), "choices": [choice]}
+
+    def full(self, text: str, finish: str) -> dict[str, Any]:
+        return self.chunk(text, finish, False)

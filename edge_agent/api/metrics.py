@@ -1,0 +1,69 @@
+"""Prometheus metrics of one API instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The `_created` series double the output and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "edge_agent_requests",
+            "API requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "edge_agent_tokens",
+            "Tokens processed, by kind (prompt or completion)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "edge_agent_request_duration_seconds",
+            "Time from request to the last byte of the answer",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_token_seconds = Histogram(
+            "edge_agent_time_to_first_token_seconds",
+            "Time from request to the first generated text",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.token_seconds = Histogram(
+            "edge_agent_time_per_output_token_seconds",
+            "Mean time per generated token after the first, per request",
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "edge_agent_queue_depth", "Requests waiting for a decode slot", registry=self.registry
+        )
+        self.active = Gauge(
+            "edge_agent_active_sequences", "Sequences being generated", registry=self.registry
+        )
+
+    def watch(self, queue_depth: Callable[[], float], active: Callable[[], float]) -> None:
+        self.queue_depth.set_function(queue_depth)
+        self.active.set_function(active)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

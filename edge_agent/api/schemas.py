@@ -1,0 +1,163 @@
+"""Request bodies of the OpenAI-compatible endpoints.
+
+Unknown fields are refused by name. OpenAI fields this server does not implement are
+accepted only with their neutral value, so a client never silently gets less than it
+asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_agent.runtime import InvalidRequest, SamplingParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_present(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+
+# Fields OpenAI defines that this server does not implement, with the value that means "off".
+_NEUTRAL: dict[str, Any] = {
+    "n": 1,
+    "best_of": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": None,
+    "top_logprobs": None,
+    "logit_bias": None,
+    "tools": None,
+    "tool_choice": None,
+    "echo": False,
+    "suffix": None,
+}
+
+
+class _GenerationRequest(_Strict):
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    ignore_eos: bool = False
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def _check_neutral(self) -> None:
+        for name, neutral in _NEUTRAL.items():
+            value = getattr(self, name, None)
+            if value is not None and value != neutral and value is not False:
+                raise InvalidRequest(name, f"{name} is not supported by this server; omit it")
+
+    def sampling(self, json_schema: str | None = None) -> SamplingParams:
+        self._check_neutral()
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            seed=self.seed,
+            stop=stops,
+            json_schema=json_schema,
+            ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+
+    def chat_sampling(self) -> SamplingParams:
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise InvalidRequest(
+                    "max_completion_tokens", "max_tokens and max_completion_tokens disagree"
+                )
+            self.max_tokens = self.max_completion_tokens
+        return self.sampling(_json_schema(self.response_format))
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] | list[int] = Field(min_length=1)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+
+    def prompt_input(self) -> str | list[int]:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if all(isinstance(item, str) for item in self.prompt):
+            if len(self.prompt) != 1:
+                raise InvalidRequest("prompt", "only one prompt per request is supported")
+            return str(self.prompt[0])
+        return [int(item) for item in self.prompt]
+
+
+def _json_schema(fmt: ResponseFormat | None) -> str | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json.dumps({"type": "object"})
+    assert fmt.json_schema is not None
+    return json.dumps(fmt.json_schema.schema_ or {"type": "object"})

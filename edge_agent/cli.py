@@ -1,0 +1,203 @@
+"""`edge-agent`: serve, run, chat, models."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
+
+if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
+    from edge_agent.runtime.service import ModelService
+
+app = typer.Typer(
+    help="Offline inference for ONNX-quantized small language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+state: dict[str, AgentConfig] = {}
+
+ModelArg = Annotated[str, typer.Argument(help="installed model name or model folder path")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"edge-agent: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edge-agent {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file", show_default=False)
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        state["config"] = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _config() -> AgentConfig:
+    return state["config"]
+
+
+def _model(name_or_path: str | None) -> ModelRef:
+    config = _config()
+    wanted = name_or_path or config.models.default
+    if not wanted:
+        fail("no model given: pass --model NAME_OR_PATH or set [models] default in the config", 2)
+    try:
+        return resolve_model(wanted, config.models_dir)
+    except ModelNotFound as exc:
+        fail(str(exc), 2)
+
+
+def _service(ref: ModelRef) -> ModelService:
+    from edge_agent.runtime import RuntimeSettings, SchedulerLimits
+    from edge_agent.runtime.service import ModelService
+
+    rt = _config().runtime
+    return ModelService(
+        ref.name,
+        ref.path,
+        RuntimeSettings(
+            intra_op_threads=rt.intra_op_threads, execution_provider=rt.execution_provider
+        ),
+        SchedulerLimits(
+            max_active_sequences=rt.max_active_sequences,
+            max_queued_requests=rt.max_queued_requests,
+            max_batch_size=rt.max_batch_size,
+            default_max_tokens=rt.default_max_tokens,
+            retry_after_seconds=_config().api.retry_after_seconds,
+        ),
+    )
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="installed model name or folder path")] = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8080)")] = None,
+) -> None:
+    """Serve a model on the local OpenAI-compatible API."""
+    import uvicorn
+
+    from edge_agent.api import create_app
+    from edge_agent.runtime import inspect_model_folder
+    from edge_agent.runtime.errors import ModelFolderError
+
+    ref = _model(model)
+    try:
+        inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
+    except ModelFolderError as exc:
+        fail(str(exc), 2)
+    api = _config().api
+    bind_host = host or api.host
+    bind_port = api.port if port is None else port
+    application = create_app(api, [_service(ref)])
+    url = f"http://{bind_host}:{bind_port}"
+    typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
+    typer.echo(
+        f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{ref.name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
+        err=True,
+    )
+    uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+
+
+@app.command()
+def run(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="the prompt; '-' reads standard input")],
+    max_tokens: Annotated[int, typer.Option(help="most tokens to generate")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    top_k: Annotated[int, typer.Option(help="0 = off")] = 0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    raw: Annotated[bool, typer.Option(help="send the prompt without the chat template")] = False,
+) -> None:
+    """Generate once from a prompt, streaming to standard output."""
+    from edge_agent.chat import ChatSession, SessionError
+
+    text = sys.stdin.read() if prompt == "-" else prompt
+    try:
+        session = ChatSession.open(_service(_model(model)))
+        params = session.params(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=tuple(stop or ()),
+        )
+        session.reply(text, params, sys.stdout, raw=raw, remember=False)
+    except SessionError as exc:
+        fail(str(exc))
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(
+    model: ModelArg,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    max_tokens: Annotated[int, typer.Option(help="most tokens per answer")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
+) -> None:
+    """Chat with a model in the terminal (empty line or Ctrl-D ends)."""
+    from edge_agent.chat import ChatSession, SessionError
+
+    try:
+        session = ChatSession.open(_service(_model(model)), system=system)
+        params = session.params(max_tokens=max_tokens, temperature=temperature)
+        typer.echo(f"chatting with {session.name}; an empty line or Ctrl-D ends", err=True)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            sys.stdout.write("model> ")
+            session.reply(line, params, sys.stdout)
+            sys.stdout.write("\n")
+    except SessionError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def models() -> None:
+    """List the installed models."""
+    config = _config()
+    found = installed_models(config.models_dir)
+    if not found:
+        typer.echo(f"no models installed in {config.models_dir}")
+        return
+    for ref in found:
+        size = sum(f.stat().st_size for f in ref.path.rglob("*") if f.is_file())
+        typer.echo(f"{ref.name}\t{size / 1e6:.1f} MB\t{ref.path}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,49 @@
+"""Naming models: an installed name under the models folder, or any model folder's path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.runtime.model_folder import CONFIG_NAME
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    path: Path
+
+
+def installed_models(models_dir: Path) -> list[ModelRef]:
+    if not models_dir.is_dir():
+        return []
+    return [
+        ModelRef(entry.name, entry)
+        for entry in sorted(models_dir.iterdir())
+        if (entry / CONFIG_NAME).is_file()
+    ]
+
+
+def resolve_model(name_or_path: str, models_dir: Path) -> ModelRef:
+    """A path that exists wins; otherwise an installed name; otherwise a clear error."""
+    as_path = Path(name_or_path).expanduser()
+    if as_path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
+        if not as_path.exists():
+            raise ModelNotFound(f"no model folder at {as_path}")
+        return ModelRef(_name_for_folder(as_path), as_path)
+    installed = {ref.name: ref for ref in installed_models(models_dir)}
+    if name_or_path in installed:
+        return installed[name_or_path]
+    known = ", ".join(installed) or "none"
+    raise ModelNotFound(
+        f"no installed model named '{name_or_path}' in {models_dir} (installed: {known}); "
+        "give the path of a model folder instead"
+    )
+
+
+def _name_for_folder(path: Path) -> str:
+    return path.resolve().name

@@ -1,0 +1,60 @@
+"""Sampling parameters of one generation, validated with the offending field named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_agent.runtime.errors import InvalidRequest
+
+MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256
+BatchKey = tuple[object, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """`temperature == 0` means greedy decoding; `top_k == 0` means no top-k cut."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: str | None = None
+    ignore_eos: bool = False  # generate exactly max_tokens: for benchmarks
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequest("max_tokens", "max_tokens must be at least 1")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise InvalidRequest("temperature", "temperature must be between 0 and 2")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequest("top_p", "top_p must be greater than 0 and at most 1")
+        if self.top_k < 0:
+            raise InvalidRequest("top_k", "top_k must be 0 (off) or positive")
+        if self.seed is not None and not 0 <= self.seed < 2**31:
+            raise InvalidRequest("seed", "seed must be between 0 and 2147483647")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequest("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        for item in self.stop:
+            if not item or len(item) > MAX_STOP_LENGTH:
+                raise InvalidRequest(
+                    "stop", f"stop strings must hold 1 to {MAX_STOP_LENGTH} characters"
+                )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def batch_key(self) -> BatchKey | None:
+        """Requests with equal keys may share one batched generator; None: run alone.
+
+        A seeded request runs alone so the same seed gives the same text whatever else
+        is running; guided decoding keeps per-generator grammar state.
+        """
+        if self.seed is not None or self.json_schema is not None:
+            return None
+        if self.greedy:
+            return ("greedy", self.ignore_eos)
+        return ("sample", self.ignore_eos, self.temperature, self.top_p, self.top_k)

@@ -1,0 +1,73 @@
+"""A model being served: loaded in the background so the agent is live at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.runtime.engine import LoadedModel, RuntimeSettings
+from edge_agent.runtime.errors import NotReady
+from edge_agent.runtime.sampling import SamplingParams
+from edge_agent.runtime.scheduler import Finished, Scheduler, SchedulerLimits, Sink, Submission
+
+log = logging.getLogger(__name__)
+
+
+class ModelService:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        settings: RuntimeSettings,
+        limits: SchedulerLimits,
+        *,
+        on_finish: Callable[[Submission, Finished], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.settings = settings
+        self.limits = limits
+        self._on_finish = on_finish
+        self.model: LoadedModel | None = None
+        self.scheduler: Scheduler | None = None
+        self.error: Exception | None = None
+        self._loaded = threading.Event()
+
+    def load(self) -> None:
+        """Load in this thread; afterwards `ready` or `error` tells how it went."""
+        try:
+            self.model = LoadedModel.load(self.name, self.path, self.settings)
+            self.scheduler = Scheduler(self.model, self.limits, on_finish=self._on_finish)
+        except Exception as exc:
+            self.error = exc
+            log.error("model %s failed to load: %s", self.name, exc)
+        finally:
+            self._loaded.set()
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name=f"load-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    def wait_loaded(self, timeout_seconds: float | None = None) -> bool:
+        return self._loaded.wait(timeout_seconds)
+
+    def require(self) -> tuple[LoadedModel, Scheduler]:
+        if self.model is not None and self.scheduler is not None:
+            return self.model, self.scheduler
+        if self.error is not None:
+            raise NotReady(f"model {self.name} failed to load: {self.error}", 30)
+        raise NotReady(f"model {self.name} is still loading; retry shortly")
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> Submission:
+        return self.require()[1].submit(prompt_ids, params, sink)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()

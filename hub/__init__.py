@@ -1,0 +1,1 @@
+"""The fleet hub: model registry, rollouts, ingest and console."""

@@ -1,0 +1,1 @@
+"""Model registry: conversion of Hugging Face folders to int4 ONNX and test-model recipes."""

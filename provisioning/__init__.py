@@ -1,0 +1,1 @@
+"""Provisioning: key ceremony, device enrollment, USB bundles."""
