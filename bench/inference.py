@@ -366,8 +366,10 @@ def completion_body(model_id: str, prompt: list[int] | str, new_tokens: int) -> 
     }
 
 
-def concurrent_run(base_url: str, body: dict[str, Any], clients: int) -> tuple[float, list[int]]:
-    """Wall seconds for `clients` simultaneous streams, and each one's token count."""
+def concurrent_run(
+    base_url: str, body: dict[str, Any], clients: int
+) -> tuple[float, list[StreamResult]]:
+    """Wall seconds for `clients` simultaneous streams, and each one's stream."""
     import httpx
 
     barrier = threading.Barrier(clients + 1)
@@ -390,12 +392,12 @@ def concurrent_run(base_url: str, body: dict[str, Any], clients: int) -> tuple[f
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    tokens: list[int] = []
+    streams: list[StreamResult] = []
     for result in results:
         if not isinstance(result, StreamResult):
             raise RuntimeError(f"a concurrent client failed: {result!r}")
-        tokens.append(result.tokens)
-    return wall, tokens
+        streams.append(result)
+    return wall, streams
 
 
 # --- 3. memory-read bandwidth -----------------------------------------------------------
@@ -481,13 +483,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ):
         print("api: starting edge-agent serve, waiting for /readyz ...", flush=True)
         ready_s, ready = wait_ready(server)
+        ready_rss = mib(proc_status_kib(server.process.pid, "VmRSS"))
         entry = ready["models"][0]
         model_id = str(entry["id"])
         load_s = float(entry["load_seconds"])
         print(
             f"api: ready after {ready_s:.2f} s (model load {load_s:.2f} s, so "
             f"{ready_s - load_s:.2f} s of start-up besides it); provider "
-            f"{entry.get('provider')}, {entry.get('threads')} threads"
+            f"{entry.get('provider')}, {entry.get('threads')} threads; RSS {ready_rss:.0f} MB"
         )
         if entry.get("threads") != raw["threads"]:
             print(f"api: note: the agent uses {entry.get('threads')} threads, raw {raw['threads']}")
@@ -530,7 +533,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         rounds = [concurrent_run(server.base_url, body, CLIENTS) for _ in range(args.repeats)]
-        aggregates = [sum(tokens) / wall for wall, tokens in rounds]
+        aggregates = [sum(r.tokens for r in streams) / wall for wall, streams in rounds]
         aggregate = median(aggregates)
         after_rss = mib(proc_status_kib(server.process.pid, "VmRSS"))
         after_hwm = mib(proc_status_kib(server.process.pid, "VmHWM"))
@@ -551,6 +554,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "raw_load_s": figure(raw["load_s"]),
         "raw_ttft_ms": figure(raw_ttft),
         "raw_decode_tok_s": figure(raw_decode),
+        "raw_rss_after_load_mb": figure(mib(raw["rss_after_load_kib"])),
         "raw_rss_mb": figure(raw_rss),
         "raw_peak_rss_mb": figure(raw_hwm),
         "api_ready_s": figure(ready_s),
@@ -560,6 +564,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "api_decode_tok_s": figure(api_decode),
         "api_raw_decode_ratio": figure(decode_ratio, ">= 0.95", decode_ratio >= 0.95),
         "api_ttft_overhead_ms": figure(ttft_overhead, "<= 10", ttft_overhead <= 10),
+        "api_rss_at_ready_mb": figure(ready_rss),
         "api_rss_mb": figure(api_rss),
         "api_peak_rss_mb": figure(api_hwm),
         "api_rss_overhead_mb": figure(rss_overhead, "<= 60", rss_overhead <= 60),
@@ -593,7 +598,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "api_decode_tok_s": [round(r.decode_tok_s, 2) for r in api_runs],
             "api_completion_tokens": [r.tokens for r in api_runs],
             "concurrent_tok_s": [round(a, 2) for a in aggregates],
-            "concurrent_tokens": [tokens for _, tokens in rounds],
+            "concurrent_tokens": [[r.tokens for r in streams] for _, streams in rounds],
+            # Each client's first token: shows whether the four were batched or queued.
+            "concurrent_ttft_ms": [
+                sorted(round(r.ttft_ms, 1) for r in streams) for _, streams in rounds
+            ],
         },
     }
 

@@ -14,7 +14,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-testmodel = typer.Typer(help="Random-weight test models (no downloads needed).", no_args_is_help=True)
+testmodel = typer.Typer(
+    help="Random-weight test models (no downloads needed).", no_args_is_help=True
+)
 app.add_typer(testmodel, name="testmodel")
 
 

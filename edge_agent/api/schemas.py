@@ -154,10 +154,16 @@ class CompletionRequest(_GenerationRequest):
         return [int(item) for item in self.prompt]
 
 
+# Compact JSON unless the caller says otherwise: with free whitespace a small model can
+# fill its whole answer with blank lines that the grammar allows.
+_COMPACT = {"whitespace_flexible": False}
+
+
 def _json_schema(fmt: ResponseFormat | None) -> str | None:
     if fmt is None or fmt.type == "text":
         return None
-    if fmt.type == "json_object":
-        return json.dumps({"type": "object"})
-    assert fmt.json_schema is not None
-    return json.dumps(fmt.json_schema.schema_ or {"type": "object"})
+    schema: dict[str, Any] = {"type": "object"}
+    if fmt.type == "json_schema":
+        assert fmt.json_schema is not None
+        schema = fmt.json_schema.schema_ or schema
+    return json.dumps({"x-guidance": _COMPACT, **schema})

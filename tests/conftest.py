@@ -1,0 +1,111 @@
+"""Shared fixtures: the real tiny model, loaded services, and a live API server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from edge_agent.api import create_app
+from edge_agent.config import ApiConfig
+from edge_agent.runtime import Finished, RuntimeSettings, SchedulerLimits, Submission
+from edge_agent.runtime.service import ModelService
+from hub.registry import synthetic
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-weight model, built once and cached across runs."""
+    return synthetic.build(synthetic.RECIPES["tiny"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FinishLog:
+    """Records how every submission ended (the scheduler's on_finish hook)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Submission, Finished]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, sub: Submission, done: Finished) -> None:
+        with self._cond:
+            self.items.append((sub, done))
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Finished]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.items) >= count, timeout)
+            return [done for _sub, done in self.items]
+
+
+def make_service(
+    model_dir: Path, finish_log: FinishLog | None = None, **limits: int
+) -> ModelService:
+    service = ModelService(
+        "tiny",
+        model_dir,
+        RuntimeSettings(),
+        SchedulerLimits(**limits),
+        on_finish=finish_log,
+    )
+    service.load()
+    assert service.error is None, service.error
+    return service
+
+
+@pytest.fixture
+def finish_log() -> FinishLog:
+    return FinishLog()
+
+
+class LiveServer:
+    def __init__(self, services: list[ModelService], api: ApiConfig) -> None:
+        self.port = free_port()
+        self.app = create_app(api, services, load=False)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve(tiny_model_dir: Path, finish_log: FinishLog) -> Iterator[object]:
+    """Factory: start a live server over the tiny model with the given limits and API config."""
+    started: list[tuple[LiveServer, ModelService]] = []
+
+    def start(api: ApiConfig | None = None, **limits: int) -> LiveServer:
+        service = make_service(tiny_model_dir, finish_log, **limits)
+        server = LiveServer([service], api or ApiConfig()).__enter__()
+        started.append((server, service))
+        return server
+
+    yield start
+    for server, service in started:
+        server.__exit__()
+        service.stop()
