@@ -106,12 +106,14 @@ def serve(
     from edge_agent.api import create_app
     from edge_agent.runtime import inspect_model_folder
     from edge_agent.runtime.errors import ModelFolderError
+    from edge_agent.runtime.memory import tune_allocator
 
     ref = _model(model)
     try:
         inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
     except ModelFolderError as exc:
         fail(str(exc), 2)
+    tune_allocator()  # before the server's threads start allocating
     api = _config().api
     bind_host = host or api.host
     bind_port = api.port if port is None else port

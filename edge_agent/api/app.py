@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from edge_agent import __version__
+from edge_agent.api.arrivals import ArrivalCounter, Arrivals
 from edge_agent.api.errors import ApiError, install_handlers
 from edge_agent.api.generation import ChatShape, Generation, TextShape
 from edge_agent.api.limits import BodySizeLimit
@@ -24,6 +25,9 @@ from edge_agent.runtime.service import ModelService
 def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool = True) -> FastAPI:
     """Build the app. With `load`, models load in the background once the server starts."""
     by_name = {service.name: service for service in services}
+    arrivals = Arrivals()
+    for service in services:
+        service.arrivals = arrivals
     metrics = Metrics()
     metrics.watch(
         lambda: sum(s.scheduler.queue_depth for s in services if s.scheduler),
@@ -41,6 +45,7 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
 
     app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=api.max_request_bytes)
+    app.add_middleware(ArrivalCounter, arrivals=arrivals)  # outermost: counts from the start
     install_handlers(app)
     app.state.metrics = metrics
     app.state.services = by_name
@@ -103,10 +108,10 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
         model, _ = service.require()
         messages = [ChatMessage(m.role, m.text()) for m in body.messages]
         prompt_ids = model.encode(model.chat_prompt(messages))
-        gen = Generation(service, "chat", prompt_ids, params, metrics, ChatShape)
+        gen = Generation(service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals)
         if body.stream:
             return gen.stream(body.include_usage)
-        return await gen.respond(request)
+        return await gen.respond()
 
     @v1.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -126,10 +131,12 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
             prompt_ids = prompt
         if not prompt_ids:
             raise InvalidRequest("prompt", "the prompt is empty")
-        gen = Generation(service, "completions", prompt_ids, params, metrics, TextShape)
+        gen = Generation(
+            service, "completions", prompt_ids, params, metrics, TextShape, request, arrivals
+        )
         if body.stream:
             return gen.stream(body.include_usage)
-        return await gen.respond(request)
+        return await gen.respond()
 
     app.include_router(v1)
     return app

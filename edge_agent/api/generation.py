@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from edge_agent.api.arrivals import Arrivals
 from edge_agent.api.errors import ApiError, sse_error
 from edge_agent.api.metrics import Metrics
 from edge_agent.runtime import Finished, FinishReason, SamplingParams, Submission, TextDelta
@@ -43,6 +44,8 @@ class Generation:
     params: SamplingParams
     metrics: Metrics
     shape: Callable[[str, str, int], Shape]  # (id, model name, created) -> Shape
+    request: Request
+    arrivals: Arrivals
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -52,6 +55,7 @@ class Generation:
 
     def start(self) -> tuple[Submission, AsyncSink]:
         sink = AsyncSink()
+        self.arrivals.end(self.request.scope)  # it reaches the scheduler now
         return self.service.submit(self.prompt_ids, self.params, sink), sink
 
     def _observe_delta(self) -> None:
@@ -115,9 +119,9 @@ class Generation:
 
     # --- one body ------------------------------------------------------------------------
 
-    async def respond(self, request: Request) -> JSONResponse:
+    async def respond(self) -> JSONResponse:
         sub, sink = self.start()
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, sub))
+        watcher = asyncio.create_task(_cancel_on_disconnect(self.request, sub))
         parts: list[str] = []
         try:
             async for event in sink:

@@ -62,6 +62,7 @@ class SchedulerLimits:
     max_batch_size: int = 4
     default_max_tokens: int = 512
     retry_after_seconds: int = 1
+    gather_window_seconds: float = 0.02
 
 
 @dataclass(eq=False)
@@ -110,10 +111,12 @@ class Scheduler:
         limits: SchedulerLimits,
         *,
         on_finish: Callable[[Submission, Finished], None] | None = None,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
         self._on_finish = on_finish
+        self._arrivals = arrivals
         self._pending: deque[Submission] = deque()
         self._groups: list[_Group] = []
         self._active = 0
@@ -175,6 +178,7 @@ class Scheduler:
                     self._cond.wait()
                 if self._stopping:
                     break
+                self._gather_locked()
                 admitted = self._admit_locked()
             for batch in _batches(admitted, self.limits.max_batch_size, self.model.context_length):
                 self._start_group(batch)
@@ -184,6 +188,23 @@ class Scheduler:
             self._finish_all(group, FinishReason.CANCELLED, "the runtime stopped")
         for sub in self._pending:
             self._deliver(sub, Finished(FinishReason.CANCELLED, len(sub.prompt_ids), 0))
+
+    def _gather_locked(self) -> None:
+        """Idle, with requests still on their way in: wait briefly so they batch together.
+
+        Only requests the server has already received count, so a lone request never
+        waits; clients that start together share one batch instead of queueing behind
+        the first one's prefill.
+        """
+        if self._groups or self._arrivals is None:
+            return
+        deadline = time.monotonic() + self.limits.gather_window_seconds
+        while (
+            self._arrivals() > 0
+            and len(self._pending) < self.limits.max_active_sequences
+            and time.monotonic() < deadline
+        ):
+            self._cond.wait(0.001)
 
     def _admit_locked(self) -> list[Submission]:
         admitted = []

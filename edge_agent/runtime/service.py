@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge_agent.runtime.engine import LoadedModel, RuntimeSettings
 from edge_agent.runtime.errors import NotReady
+from edge_agent.runtime.memory import release_free_memory
 from edge_agent.runtime.sampling import SamplingParams
 from edge_agent.runtime.scheduler import Finished, Scheduler, SchedulerLimits, Sink, Submission
 
@@ -30,6 +31,7 @@ class ModelService:
         self.settings = settings
         self.limits = limits
         self._on_finish = on_finish
+        self.arrivals: Callable[[], int] | None = None  # set by a server that counts them
         self.model: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
         self.error: Exception | None = None
@@ -39,12 +41,18 @@ class ModelService:
         """Load in this thread; afterwards `ready` or `error` tells how it went."""
         try:
             self.model = LoadedModel.load(self.name, self.path, self.settings)
-            self.scheduler = Scheduler(self.model, self.limits, on_finish=self._on_finish)
+            self.scheduler = Scheduler(
+                self.model, self.limits, on_finish=self._on_finish, arrivals=self._arrivals
+            )
+            release_free_memory()  # the loader's temporary buffers
         except Exception as exc:
             self.error = exc
             log.error("model %s failed to load: %s", self.name, exc)
         finally:
             self._loaded.set()
+
+    def _arrivals(self) -> int:
+        return self.arrivals() if self.arrivals is not None else 0
 
     def load_in_background(self) -> threading.Thread:
         thread = threading.Thread(target=self.load, name=f"load-{self.name}", daemon=True)

@@ -1,0 +1,49 @@
+"""glibc allocator settings for a long-running server process.
+
+Measured with the `small` model (bench/inference.py and a 25-request soak): with glibc's
+defaults the agent settled 60-80 MB above a plain single-threaded generate loop, all of
+it freed-but-kept memory. Two causes, two settings:
+
+- every thread that allocates gets its own malloc arena, and memory freed in one is not
+  reused by another: one arena for the process;
+- glibc raises its mmap threshold after the first large free, so later KV-cache buffers
+  land in the heap between small Python objects and fragment it: a fixed 1 MiB threshold
+  keeps large buffers in their own mappings, returned to the system when freed.
+
+Together the agent settles about 20 MB above the plain loop, with no measurable cost in
+time to first token or decode speed. No-ops off glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def tune_allocator() -> bool:
+    """Call before threads start allocating; returns whether the settings took."""
+    libc = _libc()
+    if libc is None:
+        return False
+    arenas = libc.mallopt(M_ARENA_MAX, 1) == 1
+    threshold = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    return arenas and threshold
+
+
+def release_free_memory() -> None:
+    """Hand memory freed after a large step (loading a model) back to the system."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
