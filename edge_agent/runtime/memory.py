@@ -39,7 +39,7 @@ def tune_allocator() -> bool:
         return False
     arenas = libc.mallopt(M_ARENA_MAX, 1) == 1
     threshold = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    return arenas and threshold
+    return bool(arenas and threshold)
 
 
 def release_free_memory() -> None:
