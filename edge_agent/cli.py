@@ -99,6 +99,9 @@ def serve(
     model: Annotated[str | None, typer.Option(help="installed model name or folder path")] = None,
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8080)")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="model id clients use (default: the model's name)")
+    ] = None,
 ) -> None:
     """Serve a model on the local OpenAI-compatible API."""
     import uvicorn
@@ -109,6 +112,8 @@ def serve(
     from edge_agent.runtime.memory import tune_allocator
 
     ref = _model(model)
+    if name:
+        ref = ModelRef(name, ref.path)
     try:
         inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
     except ModelFolderError as exc:

@@ -97,7 +97,10 @@ def test_bad_sampling_option_is_reported(tiny_model_dir: Path) -> None:
 def test_serve_answers_the_openai_client_and_stops_cleanly(tiny_model_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "edge-agent"), "serve", "--model", str(tiny_model_dir), "--port", str(port)],
+        [
+            *(str(BIN / "edge-agent"), "serve", "--model", str(tiny_model_dir)),
+            *("--port", str(port), "--name", "assistant"),
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -111,9 +114,9 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tiny_model_dir: Path)
                 pass
             time.sleep(0.05)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        name = tiny_model_dir.name
+        assert [m.id for m in client.models.list()] == ["assistant"]
         reply = client.chat.completions.create(
-            model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            model="assistant", messages=[{"role": "user", "content": "hi"}], max_tokens=5
         )
         assert reply.usage is not None and reply.usage.completion_tokens == 5
     finally:
