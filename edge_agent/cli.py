@@ -15,6 +15,8 @@ from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
+    from edge_agent.updates.manager import Outcome, UpdateManager
+    from edge_agent.updates.source import ReleaseSource
 
 app = typer.Typer(
     help="Offline inference for ONNX-quantized small language models.",
@@ -195,15 +197,133 @@ def chat(
 
 @app.command()
 def models() -> None:
-    """List the installed models."""
+    """List the installed models: active, previous and pending versions."""
+    from edge_agent.store import ModelStore
+    from edge_agent.updates.machine import Phase, StateFile
+
     config = _config()
     found = installed_models(config.models_dir)
     if not found:
         typer.echo(f"no models installed in {config.models_dir}")
         return
+    store = ModelStore(config.data_dir)
+    record = StateFile(config.update_state_path).load()
     for ref in found:
         size = sum(f.stat().st_size for f in ref.path.rglob("*") if f.is_file())
-        typer.echo(f"{ref.name}\t{size / 1e6:.1f} MB\t{ref.path}")
+        active, previous = store.active(ref.name), store.previous(ref.name)
+        parts = [ref.name, f"{size / 1e6:.1f} MB"]
+        if active is not None:
+            parts.append(f"active {active.version}")
+        if previous is not None:
+            parts.append(f"previous {previous.version}")
+        if record.phase is not Phase.IDLE and record.model == ref.name:
+            parts.append(f"pending {record.version} ({record.phase})")
+        parts.append(str(ref.path))
+        typer.echo("\t".join(parts))
+
+
+@app.command()
+def trust(
+    root_json: Annotated[Path, typer.Argument(help="the fleet's TUF root.json")],
+    replace: Annotated[bool, typer.Option(help="replace a root pinned before")] = False,
+) -> None:
+    """Pin the fleet's trusted root: every update is verified against it."""
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.source import pin_root
+
+    try:
+        pin_root(_config().trust_dir, root_json, replace=replace)
+    except UpdateError as exc:
+        fail(str(exc), 2)
+    typer.echo(f"trusted root pinned in {_config().trust_dir}")
+
+
+@app.command()
+def update(
+    model_names: Annotated[
+        list[str] | None, typer.Argument(metavar="[MODEL]...", help="models to update")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="hub URL or repository folder (USB)")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="a specific version")] = None,
+) -> None:
+    """Fetch, verify and install the newest signed release; roll back if it is unhealthy."""
+    from edge_agent.store import ModelStore
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.fetchers import fetcher_for
+    from edge_agent.updates.manager import UpdateManager
+    from edge_agent.updates.source import ReleaseSource
+
+    config = _config()
+    origin = source or config.updates.source
+    wanted = model_names or list(config.updates.models)
+    if not origin:
+        fail("no update source: pass --from URL|PATH or set [updates] source", 2)
+    if not wanted:
+        fail("no model named: pass MODEL or set [updates] models", 2)
+    if version and len(wanted) > 1:
+        fail("--version applies to one model at a time", 2)
+    manager = UpdateManager(ModelStore(config.data_dir), config.update_state_path)
+    failed = False
+    try:
+        manager.recover()
+        base, fetcher = fetcher_for(
+            origin, config.updates.token or None, config.updates.bandwidth_bytes_per_second
+        )
+        with ReleaseSource(base, config.trust_dir, fetcher) as releases:
+            for name in wanted:
+                try:
+                    outcome = _update_one(manager, releases, name, version)
+                except UpdateError as exc:
+                    typer.echo(f"edge-agent: {name}: {exc}", err=True)
+                    failed = True
+                    continue
+                if outcome.changed:
+                    typer.echo(
+                        f"{name}: {outcome.version} installed and active "
+                        f"(fetched {outcome.fetched_bytes} bytes, reused {outcome.reused_bytes})"
+                    )
+                else:
+                    typer.echo(f"{name}: {outcome.version} is the newest release")
+    except UpdateError as exc:
+        fail(str(exc))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _update_one(
+    manager: UpdateManager, releases: ReleaseSource, name: str, version: str | None
+) -> Outcome:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
+    with Progress(*columns, TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(f"{name}: downloading", total=None)
+        return manager.update(
+            releases,
+            name,
+            version,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
+@app.command()
+def rollback(model: ModelArg) -> None:
+    """Make the previous version of MODEL active again."""
+    from edge_agent.store import ModelStore, StoreError
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.manager import UpdateManager
+
+    config = _config()
+
+    try:
+        version = UpdateManager(ModelStore(config.data_dir), config.update_state_path).rollback(
+            model
+        )
+    except (StoreError, UpdateError) as exc:
+        fail(str(exc))
+    typer.echo(f"{model}: {version} is active again")
 
 
 def main() -> None:

@@ -49,18 +49,43 @@ class RuntimeConfig(_Section):
 
 
 class ModelsConfig(_Section):
-    dir: Path = Path("~/.local/share/edge-agent/models")
     default: str = ""
+
+
+class StoreConfig(_Section):
+    dir: Path = Path("~/.local/share/edge-agent")
+
+
+class UpdatesConfig(_Section):
+    source: str = Field("", description="hub URL or repository folder; empty = none")
+    token: str = ""
+    models: tuple[str, ...] = ()
+    bandwidth_bytes_per_second: int = Field(0, ge=0, description="0 = no cap")
+    watch_interval_seconds: float = Field(2.0, gt=0)
 
 
 class AgentConfig(_Section):
     api: ApiConfig = ApiConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     models: ModelsConfig = ModelsConfig()
+    store: StoreConfig = StoreConfig()
+    updates: UpdatesConfig = UpdatesConfig()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store.dir.expanduser()
 
     @property
     def models_dir(self) -> Path:
-        return self.models.dir.expanduser()
+        return self.data_dir / "models"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.data_dir / "trust"
+
+    @property
+    def update_state_path(self) -> Path:
+        return self.data_dir / "update-state.json"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:

@@ -19,13 +19,17 @@ class ModelRef:
 
 
 def installed_models(models_dir: Path) -> list[ModelRef]:
+    """Models the store installed (served through their `active` pointer) and model
+    folders copied there by hand."""
     if not models_dir.is_dir():
         return []
-    return [
-        ModelRef(entry.name, entry)
-        for entry in sorted(models_dir.iterdir())
-        if (entry / CONFIG_NAME).is_file()
-    ]
+    found = []
+    for entry in sorted(models_dir.iterdir()):
+        if (entry / "active" / CONFIG_NAME).is_file():
+            found.append(ModelRef(entry.name, entry / "active"))
+        elif (entry / CONFIG_NAME).is_file():
+            found.append(ModelRef(entry.name, entry))
+    return found
 
 
 def resolve_model(name_or_path: str, models_dir: Path) -> ModelRef:

@@ -59,7 +59,7 @@ def test_chat_reads_turns_from_stdin(tiny_model_dir: Path) -> None:
 
 def test_models_lists_installed_names(tiny_model_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "legal-assistant")
-    env = {"EDGE_AGENT__MODELS__DIR": str(tmp_path / "models")}
+    env = {"EDGE_AGENT__STORE__DIR": str(tmp_path)}
     listing = agent("models", env=env)
     assert listing.returncode == 0
     assert listing.stdout.startswith("legal-assistant\t")
@@ -68,7 +68,7 @@ def test_models_lists_installed_names(tiny_model_dir: Path, tmp_path: Path) -> N
 
 
 def test_unknown_model_name(tmp_path: Path) -> None:
-    result = agent("run", "nosuch", "hi", env={"EDGE_AGENT__MODELS__DIR": str(tmp_path)})
+    result = agent("run", "nosuch", "hi", env={"EDGE_AGENT__STORE__DIR": str(tmp_path)})
     assert result.returncode == 2
     assert "no installed model named 'nosuch'" in result.stderr
 

@@ -1,0 +1,6 @@
+"""The model store: content-addressed chunks, assembled versions, atomic activation."""
+
+from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
+from edge_agent.store.store import InstalledVersion, ModelStore
+
+__all__ = ["CorruptChunk", "InstalledVersion", "ModelStore", "StoreError", "VersionMissing"]

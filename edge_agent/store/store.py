@@ -1,0 +1,283 @@
+"""Model versions on disk, and the chunks they are built from.
+
+    <root>/models/<model>/versions/<version>/   a complete model folder (+ .release.json)
+    <root>/models/<model>/active   -> versions/<version>
+    <root>/models/<model>/previous -> versions/<version>
+    <root>/chunks/<aa>/<sha256>                  downloaded chunks of a pending release
+    <root>/staging/                              versions being assembled
+    <root>/floors.json                           the lowest version each model may run
+
+A version folder appears by one rename once every file in it is verified; `active`
+moves by one symlink swap. A crash at any instant leaves the old version active or the
+new one, and at most some staging or chunk files that `gc()` removes.
+
+A chunk that any installed version already holds is read from that version's files
+(located through its manifest) instead of downloaded or stored twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+from pydantic import ValidationError
+
+from edge_agent.protocol import ReleaseManifest
+from edge_agent.store.atomic import fsync_dir, swap_symlink, write_atomic
+from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
+
+RELEASE_FILE = ".release.json"
+COPY_BUFFER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    model: str
+    version: str
+    path: Path
+    manifest: ReleaseManifest
+
+
+@dataclass
+class GcReport:
+    removed_versions: list[str] = field(default_factory=list)
+    removed_chunks: int = 0
+    removed_staging: int = 0
+
+
+@dataclass(frozen=True)
+class _Located:
+    path: Path
+    offset: int
+    size: int
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.models_dir = root / "models"
+        self.chunks_dir = root / "chunks"
+        self.staging_dir = root / "staging"
+        self.floors_path = root / "floors.json"
+
+    # --- what is installed ---------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir() if (p / "versions").is_dir())
+
+    def versions(self, model: str) -> list[str]:
+        folder = self.models_dir / model / "versions"
+        if not folder.is_dir():
+            return []
+        found = [p.name for p in folder.iterdir() if (p / RELEASE_FILE).is_file()]
+        return sorted(found, key=Version)
+
+    def version(self, model: str, version: str) -> InstalledVersion:
+        path = self.models_dir / model / "versions" / version
+        try:
+            manifest = ReleaseManifest.model_validate_json((path / RELEASE_FILE).read_bytes())
+        except FileNotFoundError:
+            raise VersionMissing(f"{model} {version} is not installed") from None
+        except ValidationError as exc:
+            raise StoreError(f"{path / RELEASE_FILE} is damaged: {exc}") from exc
+        return InstalledVersion(model, version, path, manifest)
+
+    def active(self, model: str) -> InstalledVersion | None:
+        return self._pointer(model, "active")
+
+    def previous(self, model: str) -> InstalledVersion | None:
+        return self._pointer(model, "previous")
+
+    def _pointer(self, model: str, name: str) -> InstalledVersion | None:
+        link = self.models_dir / model / name
+        if not link.is_symlink():
+            return None
+        version = link.readlink().name
+        try:
+            return self.version(model, version)
+        except VersionMissing:
+            return None
+
+    # --- floors --------------------------------------------------------------------------
+
+    def floor(self, model: str) -> Version | None:
+        value = self._floors().get(model)
+        return Version(value) if value else None
+
+    def raise_floor(self, model: str, version: str) -> None:
+        floors = self._floors()
+        current = floors.get(model)
+        if current is None or Version(version) > Version(current):
+            floors[model] = version
+            write_atomic(self.floors_path, json.dumps(floors, indent=2).encode())
+
+    def _floors(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.floors_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{self.floors_path} is damaged: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()}
+
+    # --- chunks --------------------------------------------------------------------------
+
+    def chunk_file(self, sha256: str) -> Path:
+        return self.chunks_dir / sha256[:2] / sha256
+
+    def _local_index(self) -> dict[str, _Located]:
+        """Every chunk that an installed version's files hold, by hash."""
+        index: dict[str, _Located] = {}
+        for model in self.models():
+            for version in self.versions(model):
+                installed = self.version(model, version)
+                for entry in installed.manifest.files:
+                    offset = 0
+                    for chunk in entry.chunks:
+                        index.setdefault(
+                            chunk.sha256, _Located(installed.path / entry.path, offset, chunk.size)
+                        )
+                        offset += chunk.size
+        return index
+
+    def missing_chunks(self, manifest: ReleaseManifest) -> dict[str, int]:
+        """Chunks of `manifest` that are neither downloaded nor in an installed version."""
+        local = self._local_index()
+        return {
+            sha: size
+            for sha, size in manifest.unique_chunks().items()
+            if sha not in local and not self.chunk_file(sha).is_file()
+        }
+
+    def put_chunk(self, sha256: str, data: bytes) -> None:
+        """Store a downloaded chunk, after checking it is the one the manifest names."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise CorruptChunk(f"chunk {sha256[:12]}... arrived with hash {actual[:12]}...")
+        write_atomic(self.chunk_file(sha256), data)
+
+    def _read_chunk(self, sha256: str, size: int, local: dict[str, _Located]) -> bytes:
+        path = self.chunk_file(sha256)
+        if path.is_file():
+            data = path.read_bytes()
+        elif sha256 in local:
+            where = local[sha256]
+            with where.path.open("rb") as handle:
+                handle.seek(where.offset)
+                data = handle.read(where.size)
+        else:
+            raise StoreError(f"chunk {sha256[:12]}... is neither downloaded nor installed")
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise CorruptChunk(f"stored chunk {sha256[:12]}... is damaged; fetch it again")
+        return data
+
+    # --- install, activate, roll back ----------------------------------------------------
+
+    def assemble(self, manifest: ReleaseManifest) -> InstalledVersion:
+        """Build the version folder from verified chunks; one rename makes it appear."""
+        target = self.models_dir / manifest.model / "versions" / manifest.version
+        if (target / RELEASE_FILE).is_file():
+            return self.version(manifest.model, manifest.version)
+        local = self._local_index()
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{manifest.model}-", dir=self.staging_dir))
+        try:
+            for entry in manifest.files:
+                out = staging / entry.path
+                out.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with out.open("wb") as handle:
+                    for chunk in entry.chunks:
+                        data = self._read_chunk(chunk.sha256, chunk.size, local)
+                        digest.update(data)
+                        handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                if digest.hexdigest() != entry.sha256:
+                    raise CorruptChunk(f"{entry.path} does not match its manifest hash")
+            write_atomic(staging / RELEASE_FILE, manifest.model_dump_json(indent=2).encode())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # an incomplete folder from an older, interrupted layout
+                shutil.rmtree(target)
+            staging.rename(target)
+            fsync_dir(target.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.version(manifest.model, manifest.version)
+
+    def activate(self, model: str, version: str) -> None:
+        """`previous` := the active version, then `active` := `version`."""
+        self.version(model, version)  # refuse a version that is not complete
+        home = self.models_dir / model
+        current = self.active(model)
+        if current is not None and current.version != version:
+            swap_symlink(home / "previous", f"versions/{current.version}")
+        swap_symlink(home / "active", f"versions/{version}")
+
+    def restore(self, model: str, version: str | None) -> None:
+        """Undo a failed activation: `version` active again (None: nothing active)."""
+        home = self.models_dir / model
+        if version is None:
+            (home / "active").unlink(missing_ok=True)
+        else:
+            self.version(model, version)
+            swap_symlink(home / "active", f"versions/{version}")
+        previous = self.previous(model)
+        if previous is not None and previous.version == version:
+            (home / "previous").unlink()
+        fsync_dir(home)
+
+    def rollback(self, model: str) -> str:
+        """Make the previous version active again; returns it."""
+        before = self.previous(model)
+        if before is None:
+            raise VersionMissing(f"{model} has no previous version to roll back to")
+        home = self.models_dir / model
+        swap_symlink(home / "active", f"versions/{before.version}")
+        with contextlib.suppress(FileNotFoundError):
+            (home / "previous").unlink()
+        fsync_dir(home)
+        return before.version
+
+    # --- garbage collection --------------------------------------------------------------
+
+    def gc(self, *, keep: Iterable[ReleaseManifest] = ()) -> GcReport:
+        """Remove what no pointer and no pending release needs.
+
+        Kept: the active and previous version of every model, and the chunks of the
+        `keep` manifests (a download in progress) that no installed version holds.
+        """
+        report = GcReport()
+        if self.staging_dir.is_dir():
+            for entry in self.staging_dir.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+                report.removed_staging += 1
+        for model in self.models():
+            home = self.models_dir / model
+            for stray in home.glob("*.tmp-link"):
+                stray.unlink()
+            wanted = {v.version for v in (self.active(model), self.previous(model)) if v}
+            for folder in (home / "versions").iterdir():
+                if folder.name not in wanted:
+                    shutil.rmtree(folder)
+                    report.removed_versions.append(f"{model} {folder.name}")
+        needed = {sha for manifest in keep for sha in self.missing_chunks(manifest)}
+        if self.chunks_dir.is_dir():
+            for path in self.chunks_dir.rglob("*"):
+                if path.is_file() and (path.name not in needed or path.name.startswith(".")):
+                    path.unlink()
+                    report.removed_chunks += 1
+        return report

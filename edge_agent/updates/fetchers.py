@@ -1,0 +1,113 @@
+"""Where releases come from: the hub over HTTP, a folder (USB stick), later a LAN peer.
+
+Each is a python-tuf `FetcherInterface`, so metadata and targets go through ngclient's
+verification, and chunks through the same transport with a hard length limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+from tuf.api.exceptions import DownloadHTTPError, DownloadLengthMismatchError
+from tuf.ngclient import FetcherInterface
+
+READ_BLOCK_BYTES = 64 * 1024
+
+
+class Throttle:
+    """Keeps the average transfer rate under a cap (0 = no cap)."""
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.rate = bytes_per_second
+        self._started = time.monotonic()
+        self._sent = 0
+
+    def consumed(self, size: int) -> None:
+        if self.rate <= 0:
+            return
+        self._sent += size
+        ahead = self._sent / self.rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+class Fetcher(FetcherInterface):
+    def __init__(self, bandwidth_bytes_per_second: int = 0) -> None:
+        self.throttle = Throttle(bandwidth_bytes_per_second)
+
+    def fetch_limited(self, url: str, max_bytes: int) -> bytes:
+        """The whole body of `url`, refusing more than `max_bytes` (endless data)."""
+        parts: list[bytes] = []
+        received = 0
+        for block in self.fetch(url):
+            received += len(block)
+            if received > max_bytes:
+                raise DownloadLengthMismatchError(f"{url} sent more than {max_bytes} bytes")
+            parts.append(block)
+        return b"".join(parts)
+
+    def _throttled(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self.throttle.consumed(len(block))
+            yield block
+
+
+class HttpFetcher(Fetcher):
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        bandwidth_bytes_per_second: int = 0,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        super().__init__(bandwidth_bytes_per_second)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout_seconds)
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        request = self.client.build_request("GET", url)
+        response = self.client.send(request, stream=True)
+        if response.status_code >= 400:
+            response.close()
+            raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
+        return self._stream(response)
+
+    def _stream(self, response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from self._throttled(response.iter_bytes(READ_BLOCK_BYTES))
+        finally:
+            response.close()
+
+
+class FolderFetcher(Fetcher):
+    """Reads `file://` URLs: a repository copied to a USB stick or a local folder."""
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        parsed = urlparse(url)
+        if parsed.scheme != "file":
+            raise DownloadHTTPError(f"{url}: not a file:// URL", 400)
+        path = Path(unquote(parsed.path))
+        if not path.is_file():
+            raise DownloadHTTPError(f"{path}: not found", 404)
+        return self._throttled(self._read(path))
+
+    @staticmethod
+    def _read(path: Path) -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while block := handle.read(READ_BLOCK_BYTES):
+                yield block
+
+
+def fetcher_for(
+    source: str, token: str | None = None, bandwidth_bytes_per_second: int = 0
+) -> tuple[str, Fetcher]:
+    """The repository's base URL and the fetcher that reads it, from a URL or a path."""
+    if source.startswith(("http://", "https://")):
+        base = source if source.endswith("/") else source + "/"
+        return base, HttpFetcher(token, bandwidth_bytes_per_second=bandwidth_bytes_per_second)
+    path = Path(source[7:] if source.startswith("file://") else source).expanduser().resolve()
+    return path.as_uri() + "/", FolderFetcher(bandwidth_bytes_per_second)
