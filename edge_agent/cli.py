@@ -96,6 +96,21 @@ def _service(ref: ModelRef) -> ModelService:
     )
 
 
+def _finish_interrupted_update() -> None:
+    """An update cut short by a crash or power loss completes or rolls back first."""
+    from edge_agent.store import ModelStore
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.manager import UpdateManager
+
+    config = _config()
+    if not config.update_state_path.is_file():
+        return
+    try:
+        UpdateManager(ModelStore(config.data_dir), config.update_state_path).recover()
+    except UpdateError as exc:
+        typer.echo(f"edge-agent: the interrupted update did not complete: {exc}", err=True)
+
+
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Option(help="installed model name or folder path")] = None,
@@ -121,10 +136,22 @@ def serve(
     except ModelFolderError as exc:
         fail(str(exc), 2)
     tune_allocator()  # before the server's threads start allocating
-    api = _config().api
+    _finish_interrupted_update()
+    config = _config()
+    api = config.api
     bind_host = host or api.host
     bind_port = api.port if port is None else port
-    application = create_app(api, [_service(ref)])
+    service = _service(ref)
+    application = create_app(api, [service])
+    if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
+        from edge_agent.runtime.swap import ActiveWatcher
+
+        ActiveWatcher(
+            application.state.services,
+            ref.name,
+            lambda: _service(ref),
+            config.updates.watch_interval_seconds,
+        ).start()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
     typer.echo(
@@ -264,10 +291,10 @@ def update(
         fail("no model named: pass MODEL or set [updates] models", 2)
     if version and len(wanted) > 1:
         fail("--version applies to one model at a time", 2)
+    _finish_interrupted_update()
     manager = UpdateManager(ModelStore(config.data_dir), config.update_state_path)
     failed = False
     try:
-        manager.recover()
         base, fetcher = fetcher_for(
             origin, config.updates.token or None, config.updates.bandwidth_bytes_per_second
         )

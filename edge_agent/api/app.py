@@ -30,8 +30,8 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
         service.arrivals = arrivals
     metrics = Metrics()
     metrics.watch(
-        lambda: sum(s.scheduler.queue_depth for s in services if s.scheduler),
-        lambda: sum(s.scheduler.active_sequences for s in services if s.scheduler),
+        lambda: sum(s.scheduler.queue_depth for s in by_name.values() if s.scheduler),
+        lambda: sum(s.scheduler.active_sequences for s in by_name.values() if s.scheduler),
     )
 
     @asynccontextmanager
@@ -40,7 +40,7 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
             for service in services:
                 service.load_in_background()
         yield
-        for service in services:
+        for service in by_name.values():
             service.stop()
 
     app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
@@ -82,8 +82,8 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        models = [_model_status(service) for service in services]
-        ready = bool(services) and all(service.ready for service in services)
+        models = [_model_status(service) for service in by_name.values()]
+        ready = bool(by_name) and all(service.ready for service in by_name.values())
         body = {"status": "ready" if ready else "not_ready", "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -95,7 +95,7 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(s) for s in services]}
+        return {"object": "list", "data": [_model_card(s) for s in by_name.values()]}
 
     @v1.get("/models/{name}")
     async def get_model(name: str) -> dict[str, Any]:
@@ -148,6 +148,8 @@ def _model_card(service: ModelService) -> dict[str, Any]:
 
 def _model_status(service: ModelService) -> dict[str, Any]:
     status: dict[str, Any] = {"id": service.name, "ready": service.ready}
+    if service.loaded_from is not None:
+        status["path"] = str(service.loaded_from)
     if service.model is not None:
         status.update(
             load_seconds=round(service.model.load_seconds, 3),

@@ -169,6 +169,14 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout_seconds)
 
+    def drain(self, timeout_seconds: float = 300.0) -> None:
+        """Let every admitted and queued request finish, then stop."""
+        deadline = time.monotonic() + timeout_seconds
+        with self._cond:
+            while (self._pending or self._active) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+        self.stop()
+
     # --- decode thread -------------------------------------------------------------------
 
     def _run(self) -> None:

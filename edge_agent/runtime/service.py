@@ -33,6 +33,7 @@ class ModelService:
         self._on_finish = on_finish
         self.arrivals: Callable[[], int] | None = None  # set by a server that counts them
         self.model: LoadedModel | None = None
+        self.loaded_from: Path | None = None  # the folder behind `path` when it loaded
         self.scheduler: Scheduler | None = None
         self.error: Exception | None = None
         self._loaded = threading.Event()
@@ -40,7 +41,8 @@ class ModelService:
     def load(self) -> None:
         """Load in this thread; afterwards `ready` or `error` tells how it went."""
         try:
-            self.model = LoadedModel.load(self.name, self.path, self.settings)
+            self.loaded_from = self.path.resolve()
+            self.model = LoadedModel.load(self.name, self.loaded_from, self.settings)
             self.scheduler = Scheduler(
                 self.model, self.limits, on_finish=self._on_finish, arrivals=self._arrivals
             )
@@ -79,3 +81,7 @@ class ModelService:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def drain(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.drain()
