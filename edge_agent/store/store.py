@@ -150,14 +150,15 @@ class ModelStore:
                         offset += chunk.size
         return index
 
+    def not_installed_chunks(self, manifest: ReleaseManifest) -> dict[str, int]:
+        """Chunks of `manifest` that no installed version holds."""
+        local = self._local_index()
+        return {sha: n for sha, n in manifest.unique_chunks().items() if sha not in local}
+
     def missing_chunks(self, manifest: ReleaseManifest) -> dict[str, int]:
         """Chunks of `manifest` that are neither downloaded nor in an installed version."""
-        local = self._local_index()
-        return {
-            sha: size
-            for sha, size in manifest.unique_chunks().items()
-            if sha not in local and not self.chunk_file(sha).is_file()
-        }
+        needed = self.not_installed_chunks(manifest).items()
+        return {sha: size for sha, size in needed if not self.chunk_file(sha).is_file()}
 
     def put_chunk(self, sha256: str, data: bytes) -> None:
         """Store a downloaded chunk, after checking it is the one the manifest names."""
@@ -274,7 +275,7 @@ class ModelStore:
                 if folder.name not in wanted:
                     shutil.rmtree(folder)
                     report.removed_versions.append(f"{model} {folder.name}")
-        needed = {sha for manifest in keep for sha in self.missing_chunks(manifest)}
+        needed = {sha for manifest in keep for sha in self.not_installed_chunks(manifest)}
         if self.chunks_dir.is_dir():
             for path in self.chunks_dir.rglob("*"):
                 if path.is_file() and (path.name not in needed or path.name.startswith(".")):
