@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from edge_agent import faults
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -39,5 +41,6 @@ def swap_symlink(link: Path, target: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     tmp.symlink_to(target)
+    faults.checkpoint("link-staged")
     tmp.replace(link)
     fsync_dir(link.parent)

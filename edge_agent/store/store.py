@@ -30,6 +30,7 @@ from pathlib import Path
 from packaging.version import Version
 from pydantic import ValidationError
 
+from edge_agent import faults
 from edge_agent.protocol import ReleaseManifest
 from edge_agent.store.atomic import fsync_dir, swap_symlink, write_atomic
 from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
@@ -206,12 +207,14 @@ class ModelStore:
                     os.fsync(handle.fileno())
                 if digest.hexdigest() != entry.sha256:
                     raise CorruptChunk(f"{entry.path} does not match its manifest hash")
+                faults.checkpoint("file-assembled")
             write_atomic(staging / RELEASE_FILE, manifest.model_dump_json(indent=2).encode())
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():  # an incomplete folder from an older, interrupted layout
                 shutil.rmtree(target)
             staging.rename(target)
             fsync_dir(target.parent)
+            faults.checkpoint("version-renamed")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.version(manifest.model, manifest.version)
