@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Self
 
 import pytest
 import uvicorn
@@ -68,10 +69,12 @@ def finish_log() -> FinishLog:
     return FinishLog()
 
 
-class LiveServer:
-    def __init__(self, services: list[ModelService], api: ApiConfig) -> None:
+class ServerThread:
+    """Any ASGI app on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app: Any) -> None:
         self.port = free_port()
-        self.app = create_app(api, services, load=False)
+        self.app = app
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -80,7 +83,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -92,6 +95,13 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class LiveServer(ServerThread):
+    """The agent's API over the given model services."""
+
+    def __init__(self, services: list[ModelService], api: ApiConfig) -> None:
+        super().__init__(create_app(api, services, load=False))
 
 
 @pytest.fixture

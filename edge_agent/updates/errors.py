@@ -29,6 +29,10 @@ class DownloadFailed(UpdateError):
     pass
 
 
+class AccessDenied(DownloadFailed):
+    pass
+
+
 class Refused(UpdateError):
     pass
 

@@ -26,7 +26,13 @@ from edge_agent.protocol import (
     chunk_path,
     manifest_target,
 )
-from edge_agent.updates.errors import DownloadFailed, NotTrusted, Refused, RepositoryError
+from edge_agent.updates.errors import (
+    AccessDenied,
+    DownloadFailed,
+    NotTrusted,
+    Refused,
+    RepositoryError,
+)
 from edge_agent.updates.fetchers import Fetcher
 
 ROOT_FILE = "root.json"
@@ -166,6 +172,12 @@ class _translated:
         if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
             raise RepositoryError(
                 f"{self.doing}: the repository sent too much data ({exc})"
+            ) from exc
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, tuf_errors.DownloadHTTPError) and status in (401, 403):
+            raise AccessDenied(
+                f"{self.doing}: the hub refused this device's token (HTTP {status}); "
+                "check [updates] token, or have the operator issue a new one"
             ) from exc
         if isinstance(exc, tuf_errors.DownloadError):
             raise DownloadFailed(f"{self.doing}: {exc}; retry when the link is back") from exc
