@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from edge_agent import __version__
+from hub.config import ConfigError, HubConfig, load_config
+
+if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
+    from hub.registry.repository import ReleaseRepository
 
 app = typer.Typer(
     help="The fleet hub: model registry, rollouts, telemetry.",
@@ -17,7 +23,32 @@ app = typer.Typer(
 testmodel = typer.Typer(
     help="Random-weight test models (no downloads needed).", no_args_is_help=True
 )
+model_app = typer.Typer(help="Signed model releases.", no_args_is_help=True)
+repo_app = typer.Typer(help="The release repository.", no_args_is_help=True)
+keys_app = typer.Typer(help="Signing keys of the release repository.", no_args_is_help=True)
+device_app = typer.Typer(help="Device access to the artifact server.", no_args_is_help=True)
 app.add_typer(testmodel, name="testmodel")
+app.add_typer(model_app, name="model")
+app.add_typer(repo_app, name="repo")
+app.add_typer(keys_app, name="keys")
+app.add_typer(device_app, name="device")
+state: dict[str, HubConfig] = {}
+
+RepoOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo", help="repository folder (default: [repository] dir)", show_default=False
+    ),
+]
+KeysOption = Annotated[
+    Path | None,
+    typer.Option("--keys", help="keys folder (default: [repository] keys_dir)", show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"edge-hub: error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -28,11 +59,274 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file", show_default=False)
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
     ] = False,
 ) -> None:
-    pass
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        state["config"] = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _config() -> HubConfig:
+    return state["config"]
+
+
+def _folders(repo: Path | None, keys: Path | None) -> tuple[Path, Path]:
+    config = _config()
+    if repo is not None and keys is None and config.repository.keys_dir is None:
+        keys = repo.expanduser().parent / "keys"  # the same rule as the config's default
+    return (repo or config.repository_dir).expanduser(), (keys or config.keys_dir).expanduser()
+
+
+def _open(repo: Path | None, keys: Path | None) -> ReleaseRepository:
+    from hub.registry.errors import RegistryError
+    from hub.registry.repository import ReleaseRepository
+
+    root, keys_dir = _folders(repo, keys)
+    try:
+        return ReleaseRepository.open(root, keys_dir)
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+# --- repo ---------------------------------------------------------------------------------
+
+
+@repo_app.command("init")
+def repo_init(
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+    root_keys: Annotated[int, typer.Option(help="how many root keys to make")] = 1,
+    root_threshold: Annotated[int, typer.Option(help="root keys needed to sign a root")] = 1,
+) -> None:
+    """Create a release repository and its signing keys."""
+    from hub.registry.errors import RegistryError
+    from hub.registry.repository import ReleaseRepository
+
+    root, keys_dir = _folders(repo, keys)
+    try:
+        created = ReleaseRepository.create(
+            root, keys_dir, root_keys=root_keys, root_threshold=root_threshold
+        )
+    except (RegistryError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"created a release repository in {created.root}")
+    typer.echo(f"signing keys in {created.keys_dir} (move root-keys/ offline when not needed)")
+    typer.echo(f"devices pin this root: {created.trusted_root_path()}")
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+@model_app.command("import")
+def model_import(
+    source: Annotated[
+        Path, typer.Argument(help="Hugging Face model folder, or onnxruntime-genai folder")
+    ],
+    name: Annotated[str, typer.Option("--name", help="model name, e.g. contracts-small")],
+    version: Annotated[str, typer.Option("--version", help="release version, e.g. 1.0.0")],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+    precision: Annotated[str | None, typer.Option(help="weights: int4 (default), fp16")] = None,
+    execution_provider: Annotated[
+        str | None, typer.Option(help="builder target: cpu (default), cuda, dml")
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="int4 quantization block size (default 128)")
+    ] = None,
+    accuracy_level: Annotated[
+        int | None, typer.Option(help="int4 MatMul accuracy level (default 4: int8)")
+    ] = None,
+) -> None:
+    """Convert (if needed), smoke-test, chunk and sign a model release."""
+    from rich.console import Console
+
+    from hub.registry.convert import ConversionError, QuantOptions
+    from hub.registry.errors import RegistryError
+    from hub.registry.importer import import_release
+    from hub.registry.smoke import SmokeResult
+
+    options = None  # none given: the builder's settings chosen by bench/quantization.py
+    if any(v is not None for v in (precision, execution_provider, block_size, accuracy_level)):
+        default = QuantOptions()
+        options = QuantOptions(
+            precision=precision or default.precision,
+            execution_provider=execution_provider or default.execution_provider,
+            block_size=default.block_size if block_size is None else block_size,
+            accuracy_level=default.accuracy_level if accuracy_level is None else accuracy_level,
+        )
+    repository = _open(repo, keys)
+    console = Console(stderr=True, log_path=False)
+    with console.status("starting") as status:
+        current = ["starting"]
+
+        def on_stage(text: str) -> None:
+            current[0] = text
+            console.log(text)
+            status.update(text)
+
+        def on_line(line: str) -> None:
+            if line.strip():
+                status.update(f"{current[0]}: {line.strip()[:80]}")
+
+        def on_smoke(result: SmokeResult) -> None:
+            console.log(
+                f"smoke test passed: {result.completion_tokens} tokens in "
+                f"{result.generate_seconds:.2f} s: {result.text!r}"
+            )
+
+        try:
+            manifest = import_release(
+                repository,
+                source,
+                name,
+                version,
+                options,
+                on_stage=on_stage,
+                on_line=on_line,
+                on_smoke=on_smoke,
+            )
+        except (RegistryError, ConversionError) as exc:
+            fail(str(exc))
+    typer.echo(
+        f"published {manifest.model} {manifest.version}: {len(manifest.files)} files, "
+        f"{_size(manifest.total_bytes)}, {len(manifest.unique_chunks())} chunks"
+    )
+
+
+@model_app.command("list")
+def model_list(repo: RepoOption = None, keys: KeysOption = None) -> None:
+    """List the releases the repository signs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    repository = _open(repo, keys)
+    index = repository.index()
+    if not index.models:
+        typer.echo(f"no releases in {repository.root}")
+        return
+    table = Table("model", "version", "files", "size", "chunks")
+    for model in sorted(index.models):
+        for version in index.versions(model):
+            manifest = repository.manifest(model, version)
+            table.add_row(
+                model,
+                version,
+                str(len(manifest.files)),
+                _size(manifest.total_bytes),
+                str(len(manifest.unique_chunks())),
+            )
+    Console(width=100).print(table)
+
+
+@model_app.command("revoke")
+def model_revoke(
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str, typer.Argument(help="release version")],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Stop listing a release; devices refuse it from their next refresh on."""
+    from hub.registry.errors import RegistryError
+
+    try:
+        _open(repo, keys).revoke(name, version)
+    except (RegistryError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"revoked {name} {version}; its version number stays used")
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Argument(help="targets, snapshot or timestamp")],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Replace an online role's key; needs the root keys for the new root version."""
+    from hub.registry.errors import RegistryError
+
+    try:
+        _open(repo, keys).rotate_online_key(role)
+    except (RegistryError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"rotated the {role} key; devices follow the new root on their next refresh")
+
+
+# --- device -------------------------------------------------------------------------------
+
+
+@device_app.command("token")
+def device_token(device_id: Annotated[str, typer.Argument(help="the device's id")]) -> None:
+    """Issue a download token for a device (replaces its old one); printed once."""
+    from hub.artifacts.tokens import TokenFileError, TokenStore
+
+    store = TokenStore(_config().tokens_file)
+    try:
+        token = store.issue(device_id)
+    except (TokenFileError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"token for {device_id} (shown only now; the hub keeps its hash):", err=True)
+    typer.echo(token)
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8070)")] = None,
+) -> None:
+    """Serve releases to devices and keep the online metadata fresh."""
+    import uvicorn
+
+    from hub.artifacts.server import create_app
+    from hub.artifacts.tokens import TokenStore
+    from hub.registry.repository import ReleaseRepository
+    from hub.scheduler import start_refresh_job
+
+    config = _config()
+    repository = _open(repo, keys)
+    root, keys_dir = repository.root, repository.keys_dir
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per run otherwise
+    application = create_app(root, TokenStore(config.tokens_file))
+    jobs = start_refresh_job(
+        lambda: ReleaseRepository.open(root, keys_dir),
+        config.repository.refresh_interval_seconds,
+    )
+    bind_host = host or config.artifacts.host
+    bind_port = config.artifacts.port if port is None else port
+    typer.echo(
+        f"edge-hub {__version__}: serving {root} at http://{bind_host}:{bind_port}", err=True
+    )
+    typer.echo(
+        "  metadata is re-signed when due, checked every "
+        f"{config.repository.refresh_interval_seconds} s",
+        err=True,
+    )
+    try:
+        uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+    finally:
+        jobs.shutdown(wait=False)
+
+
+# --- testmodel ----------------------------------------------------------------------------
 
 
 @testmodel.command("build")
@@ -67,6 +361,15 @@ def testmodel_build(
             )
         console.log(f"built the '{shape}' test model in {path}")
     typer.echo(str(path) if print_path else f"{shape}: {path}")
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
 
 
 def main() -> None:

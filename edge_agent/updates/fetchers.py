@@ -39,6 +39,9 @@ class Fetcher(FetcherInterface):
     def __init__(self, bandwidth_bytes_per_second: int = 0) -> None:
         self.throttle = Throttle(bandwidth_bytes_per_second)
 
+    def close(self) -> None:
+        """Release connections; the fetcher is not used afterwards."""
+
     def fetch_limited(self, url: str, max_bytes: int) -> bytes:
         """The whole body of `url`, refusing more than `max_bytes` (endless data)."""
         parts: list[bytes] = []
@@ -67,6 +70,9 @@ class HttpFetcher(Fetcher):
         super().__init__(bandwidth_bytes_per_second)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(headers=headers, timeout=timeout_seconds)
+
+    def close(self) -> None:
+        self.client.close()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         request = self.client.build_request("GET", url)

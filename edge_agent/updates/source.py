@@ -102,6 +102,7 @@ class ReleaseSource:
         self._refreshed = False
 
     def close(self) -> None:
+        self.fetcher.close()
         shutil.rmtree(self._downloads, ignore_errors=True)
 
     def __enter__(self) -> ReleaseSource:

@@ -1,1 +1,1 @@
-"""Model registry: conversion of Hugging Face folders to int4 ONNX and test-model recipes."""
+"""Model registry: import and conversion, chunking, signed releases (TUF), test models."""

@@ -1,0 +1,1 @@
+"""HTTP server for release metadata, targets and chunks, with per-device tokens."""

@@ -1,0 +1,92 @@
+"""`edge-hub model import`: a model folder in, a signed release out.
+
+A Hugging Face folder (config.json) is converted to int4 ONNX by the onnxruntime-genai
+builder; an onnxruntime-genai folder (genai_config.json) is taken as it is. Either way
+the model must load and generate through the agent's runtime before it is published.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge_agent.protocol import ReleaseManifest, Requirements
+from hub.registry.convert import QuantOptions, convert_hf_folder
+from hub.registry.errors import ReleaseRefused
+from hub.registry.repository import ReleaseRepository
+from hub.registry.smoke import SmokeResult, smoke_generate
+
+STAGING_DIR = ".staging"  # inside the repository root: same disk, never served
+
+
+class SourceKind(StrEnum):
+    HUGGING_FACE = "huggingface"
+    GENAI = "onnxruntime-genai"
+
+
+def source_kind(source: Path) -> SourceKind:
+    if not source.is_dir():
+        raise ReleaseRefused(f"{source}: not a folder; pass a model folder to import")
+    if (source / "genai_config.json").is_file():
+        return SourceKind.GENAI
+    if (source / "config.json").is_file():
+        return SourceKind.HUGGING_FACE
+    raise ReleaseRefused(
+        f"{source}: neither a Hugging Face model folder (config.json) nor an "
+        "onnxruntime-genai folder (genai_config.json)"
+    )
+
+
+def import_release(
+    repo: ReleaseRepository,
+    source: Path,
+    name: str,
+    version: str,
+    options: QuantOptions | None = None,
+    *,
+    on_stage: Callable[[str], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    on_smoke: Callable[[SmokeResult], None] | None = None,
+) -> ReleaseManifest:
+    """Convert (when needed), smoke-test and publish; `options` only for HF sources."""
+    stage = on_stage or (lambda _text: None)
+    source = source.expanduser()
+    kind = source_kind(source)
+    if kind is SourceKind.GENAI and options is not None:
+        raise ReleaseRefused(
+            f"{source} is already converted: quantization options apply only to Hugging "
+            "Face folders"
+        )
+    repo.check_new_release(name, version)  # before minutes of conversion, not after
+    options = options or QuantOptions()
+    staging_root = repo.root / STAGING_DIR
+    staging_root.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_root))
+    try:
+        if kind is SourceKind.HUGGING_FACE:
+            stage(f"converting {source} to {options.precision} ONNX")
+            model_dir = convert_hf_folder(source, staging / "model", options, on_line=on_line)
+            quantization: dict[str, Any] = options.as_record()
+            providers: tuple[str, ...] = (options.execution_provider,)
+        else:
+            model_dir = source
+            quantization = {"converted_by": "external"}
+            providers = Requirements().execution_providers
+        stage("loading the model and generating a few tokens")
+        result = smoke_generate(model_dir)
+        if on_smoke is not None:
+            on_smoke(result)
+        stage("chunking and signing the release")
+        return repo.publish(
+            model_dir,
+            name,
+            version,
+            quantization=quantization,
+            requirements=Requirements(execution_providers=providers),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""Background jobs of a serving hub: keep the online metadata fresh.
+
+Timestamp metadata lives one day; the job re-signs it (and snapshot, and targets) once
+within half its lifetime of expiry, so devices never see it expire while the hub runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from hub.registry.errors import RegistryError
+from hub.registry.repository import ReleaseRepository
+
+log = logging.getLogger(__name__)
+
+
+def refresh_once(open_repository: Callable[[], ReleaseRepository]) -> list[str]:
+    """One refresh, logged; errors are logged too, so the next run tries again."""
+    try:
+        resigned = open_repository().refresh()
+    except RegistryError as exc:
+        log.error("refreshing the release metadata failed: %s", exc)
+        return []
+    if resigned:
+        log.info("re-signed %s metadata", ", ".join(resigned))
+    else:
+        log.debug("release metadata is fresh; nothing re-signed")
+    return resigned
+
+
+def start_refresh_job(
+    open_repository: Callable[[], ReleaseRepository], interval_seconds: int
+) -> BackgroundScheduler:
+    """Run refresh_once now and every `interval_seconds`; the caller shuts it down."""
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        refresh_once,
+        "interval",
+        args=[open_repository],
+        seconds=interval_seconds,
+        next_run_time=datetime.now(UTC),
+        id="refresh-metadata",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.start()
+    return scheduler
