@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from edge_agent import __version__
+from edge_agent import __version__, logs
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
 
@@ -50,10 +49,7 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
     ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose)
     try:
         state["config"] = load_config(config)
     except ConfigError as exc:
@@ -145,12 +141,15 @@ def serve(
     application = create_app(api, [service])
     if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
         from edge_agent.runtime.swap import ActiveWatcher
+        from edge_agent.updates.machine import Phase, StateFile
 
+        updates = StateFile(config.update_state_path)
         ActiveWatcher(
             application.state.services,
             ref.name,
             lambda: _service(ref),
             config.updates.watch_interval_seconds,
+            settled=lambda: updates.load().phase is Phase.IDLE,
         ).start()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)

@@ -9,22 +9,18 @@ lists are JSON (`EDGE_AGENT__API__API_KEYS='["k1"]'`).
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.tomlconfig import ConfigError, load_typed
 
 ENV_PREFIX = "EDGE_AGENT__"
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 DEFAULT_PATHS = (Path("/etc/edge-agent/agent.toml"), Path("~/.config/edge-agent/agent.toml"))
 
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names where and why."""
+__all__ = ["AgentConfig", "ConfigError", "load_config"]
 
 
 class _Section(BaseModel):
@@ -90,73 +86,11 @@ class AgentConfig(_Section):
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Load `path` (or the first default file that exists), then apply the environment."""
-    environ = os.environ if environ is None else environ
-    if path is None and environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV])
-    explicit = path is not None
-    if path is None:
-        path = next((p.expanduser() for p in DEFAULT_PATHS if p.expanduser().is_file()), None)
-
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        data = _read_toml(path, must_exist=explicit)
-    overrides = _env_overrides(environ)
-    for (section, key), (value, _var) in overrides.items():
-        sect = data.setdefault(section, {})
-        if not isinstance(sect, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        sect[key] = value
-    try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, overrides)) from None
-
-
-def _read_toml(path: Path, *, must_exist: bool) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if must_exist:
-            raise ConfigError(f"{path}: config file not found") from None
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], tuple[Any, str]]:
-    found: dict[tuple[str, str], tuple[Any, str]] = {}
-    for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX):
-            continue
-        parts = var[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"environment variable {var}: expected {ENV_PREFIX}SECTION__KEY")
-        value: Any = raw
-        if raw[:1] in "[{":
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"environment variable {var}: not valid JSON: {exc}") from None
-        found[(parts[0], parts[1])] = (value, var)
-    return found
-
-
-def _describe(
-    exc: ValidationError, source: str, overrides: Mapping[tuple[str, str], tuple[Any, str]]
-) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc)
-        where = source
-        if len(loc) >= 2 and (loc[0], loc[1]) in overrides:
-            where = f"environment variable {overrides[(loc[0], loc[1])][1]}"
-        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}: {key}: {problem}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return load_typed(
+        AgentConfig,
+        env_prefix=ENV_PREFIX,
+        config_env=CONFIG_ENV,
+        default_paths=DEFAULT_PATHS,
+        path=path,
+        environ=environ,
+    )

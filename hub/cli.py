@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from edge_agent import __version__
+from edge_agent import __version__, logs
 from hub.config import ConfigError, HubConfig, load_config
 
 if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
@@ -67,10 +67,7 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
     ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose)
     try:
         state["config"] = load_config(config)
     except ConfigError as exc:

@@ -8,10 +8,17 @@ size is checked here, before any byte is written.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.protocol.layout import MODEL_NAME, SHA256_HEX, VERSION_TEXT
 
@@ -25,22 +32,24 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class ChunkRef(_Wire):
-    sha256: str
-    size: int = Field(gt=0, le=MAX_CHUNK_BYTES)
+def _sha256_hex(value: str) -> str:
+    if not SHA256_HEX.match(value):
+        raise ValueError("must be 64 lowercase hex digits")
+    return value
 
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not SHA256_HEX.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
-        return value
+
+Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
+
+
+class ChunkRef(_Wire):
+    sha256: Sha256Hex
+    size: int = Field(gt=0, le=MAX_CHUNK_BYTES)
 
 
 class FileEntry(_Wire):
     path: str
     size: int = Field(ge=0, le=MAX_FILE_BYTES)
-    sha256: str
+    sha256: Sha256Hex
     chunks: tuple[ChunkRef, ...]
 
     @field_validator("path")
@@ -55,13 +64,6 @@ class FileEntry(_Wire):
             or "\x00" in value
         ):
             raise ValueError(f"file path {value!r} must be relative and stay inside the model")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not SHA256_HEX.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
         return value
 
     @model_validator(mode="after")

@@ -1,7 +1,9 @@
 """Follow an installed model's `active` pointer and switch the served version live.
 
-The new version loads beside the old one; once it is ready, new requests go to it, and
-the old one finishes the requests it already has before it stops. No request fails
+The switch waits until the update that moved the pointer has committed (its health
+check passed), so a version that is about to be rolled back is never served. The new
+version then loads beside the old one; once it is ready, new requests go to it, and the
+old one finishes the requests it already has before it stops. No request fails
 because of a switch. A version that fails to load is not switched to: the old one goes
 on serving, and the failure is logged.
 """
@@ -30,10 +32,13 @@ class ActiveWatcher:
         name: str,
         make_service: Callable[[], ModelService],
         interval_seconds: float,
+        *,
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.services = services
         self.name = name
         self.make_service = make_service
+        self.settled = settled
         self.interval_seconds = interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
@@ -57,7 +62,7 @@ class ActiveWatcher:
         if not current.ready or current.loaded_from is None:
             return False
         target: Path = current.path.resolve()
-        if target == current.loaded_from:
+        if target == current.loaded_from or not self.settled():
             return False
         fresh = self.make_service()
         fresh.arrivals = current.arrivals

@@ -31,8 +31,8 @@ from packaging.version import Version
 from pydantic import ValidationError
 
 from edge_agent import faults
+from edge_agent.atomic import fsync_dir, swap_symlink, write_atomic
 from edge_agent.protocol import ReleaseManifest
-from edge_agent.store.atomic import fsync_dir, swap_symlink, write_atomic
 from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
 
 RELEASE_FILE = ".release.json"

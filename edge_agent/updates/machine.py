@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent import faults
-from edge_agent.store.atomic import write_atomic
+from edge_agent.atomic import write_atomic
 
 SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 3

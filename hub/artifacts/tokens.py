@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hub.atomic import write_atomic
+from edge_agent.atomic import write_atomic
 
 TOKEN_PREFIX = "edt_"
 TOKEN_RANDOM_BYTES = 32

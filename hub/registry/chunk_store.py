@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.atomic import write_atomic
 from edge_agent.protocol import ChunkRef, FileEntry, chunk_path
-from hub.atomic import write_atomic
 from hub.registry.chunking import Chunk, chunk_file
 
 

@@ -91,7 +91,15 @@ def convert_hf_folder(
         "--extra_options",
         *options.builder_options(),
     ]
-    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1"}
+    # The builder stamps the graph with `git rev-parse HEAD` run beside its own files; in a
+    # virtual environment inside a checkout that is the checkout's commit, which would make
+    # every commit's conversion differ. Without a git directory it uses its release stamp.
+    env = {
+        **os.environ,
+        "ORT_DISABLE_TELEMETRY": "1",
+        "HF_HUB_OFFLINE": "1",
+        "GIT_DIR": os.devnull,
+    }
     tail: list[str] = []
     try:
         with subprocess.Popen(

@@ -20,7 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
-from hub.atomic import write_atomic
+from edge_agent.atomic import write_atomic
 from hub.registry.errors import SigningKeyError
 
 ROOT_KEYS_DIR = "root-keys"

@@ -33,7 +33,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
-from hub.atomic import write_atomic
+from edge_agent.atomic import write_atomic
 from hub.registry.errors import RepositoryStateError, SigningKeyError
 from hub.registry.keys import ROOT_KEYS_DIR, KeyStore
 

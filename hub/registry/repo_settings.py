@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hub.atomic import write_atomic
+from edge_agent.atomic import write_atomic
 from hub.registry.errors import RepositoryStateError
 
 SETTINGS_FILE = "repository.json"

@@ -34,6 +34,7 @@ from securesystemslib.signer import Signer
 from tuf.api.exceptions import LengthOrHashMismatchError
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from edge_agent.atomic import write_atomic
 from edge_agent.protocol import (
     INDEX_TARGET,
     METADATA_DIR,
@@ -45,7 +46,6 @@ from edge_agent.protocol import (
     manifest_target,
 )
 from edge_agent.protocol.release import MAX_FILE_BYTES
-from hub.atomic import write_atomic
 from hub.registry.chunk_store import StoreStats, store_file
 from hub.registry.errors import (
     ReleaseNotFound,

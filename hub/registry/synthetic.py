@@ -24,7 +24,7 @@ from typing import Any
 from hub.registry.convert import QuantOptions, convert_hf_folder
 
 # Bump when the way a recipe turns into files changes, so old caches are not reused.
-RECIPE_FORMAT = 2
+RECIPE_FORMAT = 3
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
 from hub.artifacts.server import create_app
 from hub.artifacts.tokens import TokenStore
 from hub.registry.repository import ReleaseRepository
-from tests.conftest import free_port
+from tests.conftest import ServerThread
 
 BASE_URL = "https://hub.test/"
 
@@ -68,41 +65,15 @@ def variant_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return copy
 
 
-class ArtifactServer:
+class ArtifactServer(ServerThread):
     """The artifact server on a free loopback port, in a thread."""
 
     def __init__(self, repo: ReleaseRepository, tokens_file: Path) -> None:
         self.tokens = TokenStore(tokens_file)
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(repo.root, self.tokens),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ArtifactServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the artifact server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(create_app(repo.root, self.tokens))
 
 
 @pytest.fixture
 def artifact_server(repo: ReleaseRepository, tmp_path: Path) -> Iterator[ArtifactServer]:
-    server = ArtifactServer(repo, tmp_path / "tokens.json").start()
-    yield server
-    server.stop()
+    with ArtifactServer(repo, tmp_path / "tokens.json") as server:
+        yield server

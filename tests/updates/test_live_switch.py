@@ -11,6 +11,7 @@ from edge_agent.config import ApiConfig
 from edge_agent.runtime import RuntimeSettings, SchedulerLimits
 from edge_agent.runtime.service import ModelService
 from edge_agent.runtime.swap import ActiveWatcher
+from edge_agent.updates.machine import Phase
 from tests.conftest import LiveServer
 from tests.updates.conftest import Fleet
 
@@ -28,7 +29,14 @@ def test_switch_under_load_fails_no_request(fleet: Fleet) -> None:
     service.load()
     with LiveServer([service], ApiConfig()) as server:
         services = server.app.state.services
-        watcher = ActiveWatcher(services, "tiny", lambda: make_service(fleet), 0.05)
+        state = fleet.manager().state
+        watcher = ActiveWatcher(
+            services,
+            "tiny",
+            lambda: make_service(fleet),
+            0.05,
+            settled=lambda: state.load().phase is Phase.IDLE,
+        )
         watcher.start()
         outcomes: list[str] = []
         stop = threading.Event()
@@ -65,3 +73,22 @@ def test_switch_under_load_fails_no_request(fleet: Fleet) -> None:
         assert path.endswith("/1.1.0")
         assert outcomes and set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
         services["tiny"].stop()
+
+
+def test_no_switch_while_the_new_version_is_not_yet_healthy(fleet: Fleet) -> None:
+    fleet.update()
+    service = make_service(fleet)
+    service.load()
+    services = {"tiny": service}
+    settled = False
+    watcher = ActiveWatcher(
+        services, "tiny", lambda: make_service(fleet), 1, settled=lambda: settled
+    )
+    fleet.repo.publish(fleet.variant("v2", top_k=7), "tiny", "1.1.0")
+    fleet.update()
+    assert watcher.poll() is False  # pointer moved, update not committed: keep serving
+    settled = True
+    assert watcher.poll() is True
+    assert str(services["tiny"].loaded_from).endswith("/1.1.0")
+    services["tiny"].stop()
+    service.stop()

@@ -1,10 +1,14 @@
-"""Whole-file writes: a reader or a crash sees the old file or the new one, never a mix."""
+"""Crash-safe file operations: a reader, or a crash, sees the old content or the new,
+never a mix. Shared by the agent's store and the hub's repository."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from edge_agent import faults
 
 
 def write_atomic(path: Path, data: bytes | memoryview, *, mode: int = 0o644) -> None:
@@ -23,6 +27,17 @@ def write_atomic(path: Path, data: bytes | memoryview, *, mode: int = 0o644) -> 
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def swap_symlink(link: Path, target: str) -> None:
+    """Point `link` at `target` in one rename (RAUC's `name.tmp-link` pattern)."""
+    tmp = link.with_name(f"{link.name}.tmp-link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(target)
+    faults.checkpoint("link-staged")
+    tmp.replace(link)
+    fsync_dir(link.parent)
 
 
 def make_dirs(folder: Path) -> None:
