@@ -4,60 +4,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edge_agent import __version__, logs
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
+from edge_agent.program import Program
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
     from edge_agent.updates.manager import Outcome, UpdateManager
     from edge_agent.updates.source import ReleaseSource
 
-app = typer.Typer(
-    help="Offline inference for ONNX-quantized small language models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+program = Program(
+    "edge-agent", "Offline inference for ONNX-quantized small language models.", load_config
 )
-state: dict[str, AgentConfig] = {}
+app = program.app
+fail = program.fail
 
 ModelArg = Annotated[str, typer.Argument(help="installed model name or model folder path")]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"edge-agent: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"edge-agent {__version__}")
-        raise typer.Exit
-
-
-@app.callback()
-def main_options(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file", show_default=False)
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
-    ] = False,
-) -> None:
-    logs.configure(verbose)
-    try:
-        state["config"] = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-
-
 def _config() -> AgentConfig:
-    return state["config"]
+    return program.config
 
 
 def _model(name_or_path: str | None) -> ModelRef:

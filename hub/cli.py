@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edge_agent import __version__, logs
-from hub.config import ConfigError, HubConfig, load_config
+from edge_agent import __version__
+from edge_agent.program import Program
+from hub.config import HubConfig, load_config
 
 if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
     from hub.registry.repository import ReleaseRepository
 
-app = typer.Typer(
-    help="The fleet hub: model registry, rollouts, telemetry.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+program = Program("edge-hub", "The fleet hub: model registry, rollouts, telemetry.", load_config)
+app = program.app
+fail = program.fail
 testmodel = typer.Typer(
     help="Random-weight test models (no downloads needed).", no_args_is_help=True
 )
@@ -32,7 +30,6 @@ app.add_typer(model_app, name="model")
 app.add_typer(repo_app, name="repo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(device_app, name="device")
-state: dict[str, HubConfig] = {}
 
 RepoOption = Annotated[
     Path | None,
@@ -46,36 +43,8 @@ KeysOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"edge-hub: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"edge-hub {__version__}")
-        raise typer.Exit
-
-
-@app.callback()
-def main_options(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file", show_default=False)
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
-    ] = False,
-) -> None:
-    logs.configure(verbose)
-    try:
-        state["config"] = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-
-
 def _config() -> HubConfig:
-    return state["config"]
+    return program.config
 
 
 def _folders(repo: Path | None, keys: Path | None) -> tuple[Path, Path]:
