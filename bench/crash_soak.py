@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from common import EDGE_AGENT, figure  # noqa: E402
+
 from edge_agent.store import ModelStore  # noqa: E402
 from edge_agent.updates.fetchers import fetcher_for  # noqa: E402
 from edge_agent.updates.health import check_model  # noqa: E402
@@ -37,7 +39,6 @@ from edge_agent.updates.source import ReleaseSource, pin_root  # noqa: E402
 from hub.registry import synthetic  # noqa: E402
 from hub.registry.repository import ReleaseRepository  # noqa: E402
 
-AGENT = Path(sys.executable).parent / "edge-agent"
 MODEL = "tiny"
 
 
@@ -53,7 +54,7 @@ def update_in_process(device: Path, repo: Path) -> str:
 def start_update(device: Path, repo: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EDGE_AGENT__STORE__DIR": str(device)}
     return subprocess.Popen(
-        [str(AGENT), "update", MODEL, "--from", str(repo)],
+        [str(EDGE_AGENT), "update", MODEL, "--from", str(repo)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "figures": {
-            "iterations": {"value": args.iterations, "target": None, "met": None},
-            "kills_before_the_switch": {"value": before_switch, "target": None, "met": None},
-            "failures": {"value": failures, "target": "== 0", "met": failures == 0},
+            "iterations": figure(args.iterations),
+            "kills_before_the_switch": figure(before_switch),
+            "failures": figure(failures, "== 0", failures == 0),
         },
         "reference": "an uninterrupted update of the same release",
         "update_seconds": round(duration, 3),

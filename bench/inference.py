@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +31,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import (
+    agent_server,
+    cpu_busy_seconds,
+    figure,
+    median,
+    mib,
+    own_cpu_seconds,
+    proc_status_kib,
+    report,
+    wait_ready,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
@@ -41,7 +50,6 @@ if str(REPO_ROOT) not in sys.path:
 PROMPT_TOKENS = 64
 CLIENTS = 4
 BANDWIDTH_BYTES = 1 << 30
-READY_TIMEOUT_S = 180.0
 # Pause between timed runs: lets the previous run's worker threads stop spinning.
 SETTLE_S = 0.2
 
@@ -79,48 +87,7 @@ def main() -> None:
 '''
 
 
-# --- small helpers ---------------------------------------------------------------------
-
-
-def proc_status_kib(pid: int | str, key: str) -> int:
-    """A VmRSS/VmHWM-style field of /proc/<pid>/status, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise KeyError(f"{key} not in /proc/{pid}/status")
-
-
-def mib(kib: int) -> float:
-    return kib / 1024
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def figure(
-    value: float | None, target: str | None = None, met: bool | None = None
-) -> dict[str, Any]:
-    return {"value": None if value is None else round(value, 4), "target": target, "met": met}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot, all cores together."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have been waited for."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+# --- the model's size ------------------------------------------------------------------
 
 
 def weight_bytes(model_dir: Path) -> int:
@@ -369,76 +336,6 @@ def stream_completion(client: Any, body: dict[str, Any]) -> StreamResult:
     if result.first_text is None:
         raise RuntimeError("the stream ended without any text")
     return result
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-    spawned: float
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-@contextmanager
-def agent_server(model_dir: Path, workdir: Path) -> Iterator[Server]:
-    port = free_port()
-    executable = Path(sys.executable).parent / "edge-agent"
-    command = [
-        str(executable),
-        "serve",
-        "--model",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        spawned = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path, spawned)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
-
-
-def wait_ready(server: Server) -> tuple[float, dict[str, Any]]:
-    """Seconds from spawn until /readyz answers 200, and its body."""
-    import httpx
-
-    deadline = server.spawned + READY_TIMEOUT_S
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-        while time.perf_counter() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"edge-agent serve exited with {server.process.returncode}:\n"
-                    f"{server.log_tail()}"
-                )
-            try:
-                response = client.get("/readyz")
-            except httpx.TransportError:
-                response = None  # not listening yet
-            if response is not None and response.status_code == 200:
-                return time.perf_counter() - server.spawned, dict(response.json())
-            # Short enough for a fine reading, long enough not to steal the cores it loads on.
-            time.sleep(0.01)
-    raise RuntimeError(
-        f"edge-agent serve not ready after {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}"
-    )
 
 
 def completion_body(model_id: str, prompt: list[int] | str, new_tokens: int) -> dict[str, Any]:
@@ -724,14 +621,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def summary(result: dict[str, Any]) -> None:
-    print("targets:")
-    for name, item in result["figures"].items():
-        if item["target"] is not None:
-            verdict = "met" if item["met"] else "MISSED"
-            print(f"  {name}: {item['value']} (target {item['target']}): {verdict}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("small", "tiny"), default="small")
@@ -751,9 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw_child:
         raw_child(args.model_dir, args.new_tokens)
         return 0
-    result = benchmark(args)
-    summary(result)
-    print(json.dumps(result), flush=True)
+    report(benchmark(args))
     return 0
 
 

@@ -26,7 +26,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inference import RawRun, figure, median, raw_reference, weight_bytes  # noqa: E402
+from common import figure, median  # noqa: E402
+from inference import RawRun, raw_reference, weight_bytes  # noqa: E402
 
 from hub.registry import synthetic  # noqa: E402
 from hub.registry.convert import QuantOptions  # noqa: E402

@@ -31,8 +31,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,10 +38,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from common import agent_server, figure, mb, report, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -69,32 +68,12 @@ TOKENIZER_CORPUS_FILES = 150
 CLIENTS = 3
 BODY = {"model": MODEL, "prompt": "x", "max_tokens": 16, "ignore_eos": True, "stream": True}
 WATCH_INTERVAL_S = 0.2
-READY_TIMEOUT_S = 180.0
 # Requests flow this long before the update, for a steady-state comparison.
 STEADY_S = 3.0
 # After the switch: the old version's grace second, its drain, and requests on the new one.
 AFTER_SWITCH_S = 3.0
 SWITCH_TIMEOUT_S = 300.0
 ASSEMBLE_RUNS = 3
-
-
-# --- small helpers ---------------------------------------------------------------------
-
-
-def figure(
-    value: float | None, target: str | None = None, met: bool | None = None
-) -> dict[str, Any]:
-    return {"value": None if value is None else round(value, 4), "target": target, "met": met}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def mb(size: float) -> float:
-    return size / 1e6
 
 
 # --- the three model versions ----------------------------------------------------------
@@ -498,81 +477,6 @@ def measure_assemble(store: ModelStore, installed: InstalledVersion, scratch: Pa
 # --- the API across a switch -----------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-@contextmanager
-def agent_server(device: Path, workdir: Path) -> Iterator[Server]:
-    """`edge-agent serve` on the installed model, following its `active` pointer."""
-    port = free_port()
-    config = workdir / "agent.toml"
-    config.write_text("")  # an explicit empty file: no config of this machine leaks in
-    env = {
-        **os.environ,
-        "EDGE_AGENT_CONFIG": str(config),
-        "EDGE_AGENT__STORE__DIR": str(device),
-        "EDGE_AGENT__UPDATES__WATCH_INTERVAL_SECONDS": str(WATCH_INTERVAL_S),
-    }
-    executable = Path(sys.executable).parent / "edge-agent"
-    command = [
-        str(executable),
-        "serve",
-        "--model",
-        MODEL,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    log_path = workdir / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
-
-
-def wait_ready(server: Server) -> dict[str, Any]:
-    import httpx
-
-    deadline = time.perf_counter() + READY_TIMEOUT_S
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-        while time.perf_counter() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"edge-agent serve exited with {server.process.returncode}:\n"
-                    f"{server.log_tail()}"
-                )
-            try:
-                response = client.get("/readyz")
-            except httpx.TransportError:
-                response = None  # not listening yet
-            if response is not None and response.status_code == 200:
-                return dict(response.json())
-            time.sleep(0.05)
-    raise RuntimeError(
-        f"edge-agent serve not ready after {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}"
-    )
-
-
 @dataclass(frozen=True)
 class Request:
     started: float
@@ -688,9 +592,21 @@ class Switch:
     server_switches: int
 
 
+def device_env(device: Path, workdir: Path) -> dict[str, str]:
+    """The environment for `edge-agent serve` on the installed model, following `active`."""
+    config = workdir / "agent.toml"
+    config.write_text("")  # an explicit empty file: no config of this machine leaks in
+    return {
+        **os.environ,
+        "EDGE_AGENT_CONFIG": str(config),
+        "EDGE_AGENT__STORE__DIR": str(device),
+        "EDGE_AGENT__UPDATES__WATCH_INTERVAL_SECONDS": str(WATCH_INTERVAL_S),
+    }
+
+
 def update_under_load(device: Path, repo_root: Path, version: str, workdir: Path) -> Switch:
-    with agent_server(device, workdir) as server:
-        ready = wait_ready(server)
+    with agent_server(MODEL, workdir, env=device_env(device, workdir)) as server:
+        _, ready = wait_ready(server, poll_s=0.05)
         print(
             f"api: serving {ready['models'][0].get('path')}; {CLIENTS} clients streaming "
             f"{BODY['max_tokens']}-token completions; update to {version} in {STEADY_S:.0f} s",
@@ -912,14 +828,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def summary(result: dict[str, Any]) -> None:
-    print("targets:")
-    for name, item in result["figures"].items():
-        if item["target"] is not None:
-            verdict = "met" if item["met"] else "MISSED"
-            print(f"  {name}: {item['value']} (target {item['target']}): {verdict}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each hashing kind")
@@ -931,9 +839,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = benchmark(args)
-    summary(result)
-    print(json.dumps(result), flush=True)
+    report(benchmark(args))
     return 0
 
 

@@ -19,12 +19,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from edge_agent.protocol import CHUNKS_DIR, METADATA_DIR, TARGETS_DIR
+from edge_agent.protocol import METADATA_DIR, SERVED_DIRS
 from hub.artifacts.tokens import TokenFileError, TokenStore
 
 log = logging.getLogger(__name__)
 
-SERVED_DIRS = (METADATA_DIR, TARGETS_DIR, CHUNKS_DIR)
 # Everything but timestamp.json is named by version or hash, so it never changes.
 IMMUTABLE = "public, max-age=31536000, immutable"
 MUTABLE_FILES = frozenset({f"{METADATA_DIR}/timestamp.json"})

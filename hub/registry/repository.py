@@ -37,15 +37,15 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from edge_agent.atomic import write_atomic
 from edge_agent.protocol import (
     INDEX_TARGET,
+    MAX_FILE_BYTES,
     METADATA_DIR,
-    TARGETS_DIR,
     FileEntry,
     ReleaseIndex,
     ReleaseManifest,
     Requirements,
     manifest_target,
+    target_file,
 )
-from edge_agent.protocol.release import MAX_FILE_BYTES
 from hub.registry.chunk_store import StoreStats, store_file
 from hub.registry.errors import (
     ReleaseNotFound,
@@ -73,9 +73,7 @@ ROOT_WARNING_DAYS = 30
 
 
 def target_file_path(root: Path, target: str, sha256: str) -> Path:
-    """Where a target is stored: its hash before the name, as TUF clients ask for it."""
-    dirname, _sep, basename = target.rpartition("/")
-    return root / TARGETS_DIR / dirname / f"{sha256}.{basename}"
+    return root / target_file(target, sha256)
 
 
 class ReleaseRepository:
