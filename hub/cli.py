@@ -34,12 +34,16 @@ app.add_typer(device_app, name="device")
 RepoOption = Annotated[
     Path | None,
     typer.Option(
-        "--repo", help="repository folder (default: [repository] dir)", show_default=False
+        "--repo",
+        help="repository folder (default: the config's repository.dir)",
+        show_default=False,
     ),
 ]
 KeysOption = Annotated[
     Path | None,
-    typer.Option("--keys", help="keys folder (default: [repository] keys_dir)", show_default=False),
+    typer.Option(
+        "--keys", help="keys folder (default: the config's repository.keys_dir)", show_default=False
+    ),
 ]
 
 
