@@ -65,13 +65,13 @@ def _service(ref: ModelRef) -> ModelService:
 
 def _finish_interrupted_update() -> None:
     """An update cut short by a crash or power loss completes or rolls back first."""
+    config = _config()
+    if not config.update_state_path.is_file():
+        return  # never updated here: skip loading the update client at all
     from edge_agent.store import ModelStore
     from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.manager import UpdateManager
 
-    config = _config()
-    if not config.update_state_path.is_file():
-        return
     try:
         UpdateManager(ModelStore(config.data_dir), config.update_state_path).recover()
     except UpdateError as exc:

@@ -1,0 +1,1 @@
+"""Signed updates: the TUF client, fetchers, and the update state machine."""
