@@ -25,6 +25,12 @@ from edge_agent.runtime.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
+# onnxruntime-genai keeps the GIL while it computes a token, so a consumer on another
+# thread (the HTTP event loop) could not send a client its first text until the next
+# step ends, a whole token's time later. After a sequence's first text the decode thread
+# waits, this long at most, for the consumer to take it; later tokens need no such care.
+FIRST_TEXT_HANDOFF_SECONDS = 0.02
+
 
 class FinishReason(StrEnum):
     STOP = "stop"
@@ -53,6 +59,9 @@ class Sink(Protocol):
     """Receives a submission's events on the decode thread; must not block."""
 
     def put(self, event: Event) -> None: ...
+
+    def wait_taken(self, timeout_seconds: float) -> None:
+        """Return once the consumer has taken what was put (or at the timeout)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +98,7 @@ class _Sequence:
         self.stream = stream
         self.stops = StopMatcher(sub.params.stop)
         self.completion_tokens = 0
+        self.sent_text = False
         self.done = False
 
 
@@ -270,6 +280,9 @@ class Scheduler:
         text = seq.stops.feed(seq.stream.decode(token))
         if text:
             self._deliver(seq.sub, TextDelta(text))
+            if not seq.sent_text:
+                seq.sent_text = True
+                seq.sub.sink.wait_taken(FIRST_TEXT_HANDOFF_SECONDS)
         if seq.stops.stopped:
             self._finish(seq, FinishReason.STOP)
         elif seq.completion_tokens >= seq.sub.max_tokens:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 from edge_agent.runtime.scheduler import Event, Finished
@@ -17,6 +18,9 @@ class QueueSink:
 
     def put(self, event: Event) -> None:
         self._queue.put(event)
+
+    def wait_taken(self, timeout_seconds: float) -> None:
+        """The reader runs on its own and needs no handoff."""
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -32,13 +36,20 @@ class AsyncSink:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._taken = threading.Event()
 
     def put(self, event: Event) -> None:
+        self._taken.clear()
         self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def wait_taken(self, timeout_seconds: float) -> None:
+        self._taken.wait(timeout_seconds)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
             event = await self._queue.get()
+            if self._queue.empty():
+                self._taken.set()
             yield event
             if isinstance(event, Finished):
                 return

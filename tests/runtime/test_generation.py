@@ -140,6 +140,9 @@ class BlockingSink:
         self.release = threading.Event()
         self.events: list[object] = []
 
+    def wait_taken(self, timeout_seconds: float) -> None:
+        pass
+
     def put(self, event: object) -> None:
         if not self.entered.is_set():
             self.entered.set()
