@@ -131,7 +131,12 @@ def test_streaming_client_disconnect_frees_its_slot(serve, finish_log) -> None: 
     assert server.app.state.services["tiny"].scheduler.active_sequences == 0
 
 
-def test_non_streaming_client_disconnect_frees_its_slot(serve, finish_log) -> None:  # type: ignore[no-untyped-def]
+def test_non_streaming_client_disconnect_frees_its_slot(serve, finish_log, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.api import generation
+
+    # The tiny model writes its whole answer in about 0.4 s: look for the hang-up often
+    # enough to catch it before the answer is complete.
+    monkeypatch.setattr(generation, "DISCONNECT_POLL_SECONDS", 0.01)
     server = serve()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + CHAT, json={**LONG, "max_tokens": 2040 - 20}, timeout=0.05)
