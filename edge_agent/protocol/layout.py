@@ -31,9 +31,9 @@ VERSION_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
 
 def manifest_target(model: str, version: str) -> str:
-    if not MODEL_NAME.match(model):
+    if not MODEL_NAME.fullmatch(model):
         raise ValueError(f"invalid model name {model!r}")
-    if not VERSION_TEXT.match(version):
+    if not VERSION_TEXT.fullmatch(version):
         raise ValueError(f"invalid version {version!r}")
     return f"{model}/{version}/manifest.json"
 
@@ -50,6 +50,6 @@ def target_file(target: str, sha256: str) -> str:
 
 def chunk_path(sha256: str) -> str:
     """Relative path of a chunk under the repository root."""
-    if not SHA256_HEX.match(sha256):
+    if not SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"invalid chunk hash {sha256!r}")
     return f"{CHUNKS_DIR}/{sha256[:2]}/{sha256}"

@@ -8,11 +8,10 @@ size is checked here, before any byte is written.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Any
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.protocol.layout import MODEL_NAME, SHA256_HEX, VERSION_TEXT
+from edge_agent.protocol.fields import ModelName, ReleaseVersion, Sha256Hex
 
 MANIFEST_SCHEMA_VERSION = 1
 MAX_FILES = 256
@@ -30,15 +29,6 @@ MAX_CHUNK_BYTES = 16 << 20
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-
-
-def _sha256_hex(value: str) -> str:
-    if not SHA256_HEX.match(value):
-        raise ValueError("must be 64 lowercase hex digits")
-    return value
-
-
-Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
 
 
 class ChunkRef(_Wire):
@@ -82,8 +72,8 @@ class Requirements(_Wire):
 
 class ReleaseManifest(_Wire):
     schema_version: int = MANIFEST_SCHEMA_VERSION
-    model: str
-    version: str
+    model: ModelName
+    version: ReleaseVersion
     files: tuple[FileEntry, ...] = Field(min_length=1, max_length=MAX_FILES)
     requirements: Requirements = Requirements()
     quantization: dict[str, Any] = Field(default_factory=dict)
@@ -96,24 +86,6 @@ class ReleaseManifest(_Wire):
                 f"schema version {value} is newer than this agent understands "
                 f"({MANIFEST_SCHEMA_VERSION}); update the agent first"
             )
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _model_name(cls, value: str) -> str:
-        if not MODEL_NAME.match(value):
-            raise ValueError("model names are 1-64 of a-z 0-9 . _ -, starting alphanumeric")
-        return value
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        if not VERSION_TEXT.match(value):
-            raise ValueError("versions are 1-64 of 0-9 A-Z a-z . + _ -")
-        try:
-            Version(value)
-        except InvalidVersion as exc:
-            raise ValueError(f"{value!r} is not a release version (e.g. 1.4.0)") from exc
         return value
 
     @model_validator(mode="after")

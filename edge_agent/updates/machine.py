@@ -8,35 +8,22 @@ finds; the attempt counter stops an update that keeps crashing the agent from lo
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent import faults
 from edge_agent.atomic import write_atomic
+from edge_agent.protocol import UpdateEvent, UpdatePhase
 
 SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 3
 
 
-class Phase(StrEnum):
-    IDLE = "idle"
-    DOWNLOADING = "downloading"  # fetching and verifying missing chunks
-    INSTALLING = "installing"  # assembling verified files into a version folder
-    ACTIVATING = "activating"  # switching the `active` pointer
-    HEALTH_CHECK = "health_check"  # loading the new version and generating
-    ROLLING_BACK = "rolling_back"  # pointing `active` back at the old version
-
-
-class Event(StrEnum):
-    START = "start"
-    DOWNLOADED = "downloaded"
-    INSTALLED = "installed"
-    ACTIVATED = "activated"
-    HEALTHY = "healthy"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
+# The phases and events are wire values too (reported state, install events): the
+# protocol defines them once.
+Phase = UpdatePhase
+Event = UpdateEvent
 
 
 # fmt: off

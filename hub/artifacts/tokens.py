@@ -58,7 +58,7 @@ class TokenStore:
 
     def issue(self, device_id: str) -> str:
         """A new random token for `device_id`; shown once, only its hash is kept."""
-        if not DEVICE_ID.match(device_id):
+        if not DEVICE_ID.fullmatch(device_id):
             raise ValueError(
                 f"invalid device id {device_id!r}: use 1-128 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit"

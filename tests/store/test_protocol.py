@@ -65,3 +65,14 @@ def test_any_path_is_either_refused_or_safe(path: str) -> None:
         return
     assert not path.startswith("/")
     assert ".." not in path.split("/")
+
+
+def test_a_trailing_newline_is_not_a_valid_name_hash_or_version() -> None:
+    from edge_agent.protocol import chunk_path, manifest_target
+
+    with pytest.raises(ValueError, match="invalid model name"):
+        manifest_target("tiny\n", "1.0.0")
+    with pytest.raises(ValueError, match="invalid chunk hash"):
+        chunk_path(H + "\n")
+    with pytest.raises(ValidationError):
+        ReleaseManifest.model_validate({"model": "m", "version": "1.0.0\n", "files": [entry("w")]})

@@ -1,0 +1,290 @@
+"""A private Mosquitto for the tests, and a small paho MQTT 5 client to talk to it.
+
+The broker runs as a child process on a free 127.0.0.1 port with a generated config in its
+own folder (persistence on, generous queues). It runs as the user who started the tests:
+Mosquitto started as root would otherwise switch to the `mosquitto` user, who cannot use a
+test's private folder.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+# Mosquitto's default queue limits drop messages silently, even for online subscribers in a
+# burst: a test must never lose a message to the broker's bookkeeping.
+MAX_QUEUED_MESSAGES = 1_000_000
+_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin")
+
+
+class BrokerMissing(RuntimeError):
+    pass
+
+
+def find_mosquitto() -> Path:
+    found = shutil.which("mosquitto")
+    if found:
+        return Path(found)
+    for folder in _SEARCH_DIRS:
+        candidate = Path(folder) / "mosquitto"
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerMissing(
+        "Mosquitto is not installed (looked on PATH and in "
+        f"{', '.join(_SEARCH_DIRS)}): run scripts/setup, or as root: apt-get install mosquitto"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class MosquittoBroker:
+    """start(), stop(), restart(); the same port and persistence folder across restarts."""
+
+    def __init__(self, workdir: Path, *, extra_config: Iterable[str] = ()) -> None:
+        self.binary = find_mosquitto()
+        self.workdir = workdir
+        self.extra_config = list(extra_config)
+        self.port = 0
+        self.config_path = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        self.persistence_dir = workdir / "data"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _write_config(self) -> None:
+        lines = [
+            f"listener {self.port} {HOST}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.persistence_dir}/",
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+            # Ignored unless started as root; then it keeps the broker as that user.
+            f"user {getpass.getuser()}",
+            f"log_dest file {self.log_path}",
+            "log_type all",
+            *self.extra_config,
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        if self.running:
+            raise RuntimeError("the broker is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.persistence_dir.mkdir(exist_ok=True)
+        if self.port:
+            self._launch()
+            return
+        # A free port can be taken by someone else before the broker binds it: try another.
+        for attempt in range(3):
+            self.port = free_port()
+            try:
+                self._launch()
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+
+    def _launch(self) -> None:
+        self._write_config()
+        with (self.workdir / "mosquitto.out").open("ab") as out:
+            self._process = subprocess.Popen(
+                [str(self.binary), "-c", str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: {self}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.005)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not accept connections in {READY_TIMEOUT_S} s: {self}")
+
+    def stop(self) -> None:
+        """Stop as a service manager would: SIGTERM, and the broker saves its state."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, so only what the broker had already saved survives."""
+        if self._process is None:
+            return
+        self._process.kill()
+        self._process.wait()
+        self._process = None
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop (or kill, when hard) and start again on the same port and persistence."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __str__(self) -> str:
+        return f"mosquitto on {HOST}:{self.port}, log:\n{self.log()[-2000:]}"
+
+
+class TestClient:
+    """A paho MQTT 5 client on its own network thread; received messages land in a queue."""
+
+    __test__ = False  # not a test class, whatever its name says
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.clean_start = clean_start
+        self.session_expiry_s = session_expiry_s
+        self.messages: queue.Queue[MQTTMessage] = queue.Queue()
+        self.session_present: bool | None = None
+        self._connected = threading.Event()
+        self._subscribed: dict[int, threading.Event] = {}
+        self._connect_reason: ReasonCode | None = None
+        self.client = Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def _on_connect(
+        self,
+        _client: Client,
+        _userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self.session_present = flags.session_present
+        self._connect_reason = reason_code
+        self._connected.set()
+
+    def _on_subscribe(
+        self,
+        _client: Client,
+        _userdata: Any,
+        mid: int,
+        _reason_codes: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        self._subscribed.setdefault(mid, threading.Event()).set()
+
+    def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
+        self.messages.put(message)
+
+    def connect(self, timeout_s: float = 5.0) -> Self:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.session_expiry_s
+        self.client.connect(
+            self.broker.host,
+            self.broker.port,
+            keepalive=30,
+            clean_start=self.clean_start,
+            properties=properties,
+        )
+        self.client.loop_start()
+        if not self._connected.wait(timeout_s):
+            raise TimeoutError(f"{self.client_id}: no CONNACK in {timeout_s} s")
+        if self._connect_reason is None or self._connect_reason.is_failure:
+            raise ConnectionError(f"{self.client_id}: connection refused: {self._connect_reason}")
+        return self
+
+    def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 5.0) -> None:
+        rc, mid = self.client.subscribe(topic, qos=qos)
+        if mid is None:
+            raise ConnectionError(f"{self.client_id}: subscribe to {topic} failed: {rc}")
+        if not self._subscribed.setdefault(mid, threading.Event()).wait(timeout_s):
+            raise TimeoutError(f"{self.client_id}: no SUBACK for {topic} in {timeout_s} s")
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout_s: float = 5.0) -> None:
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise TimeoutError(f"{self.client_id}: {topic} not acknowledged in {timeout_s} s")
+
+    def receive(self, timeout_s: float = 5.0) -> MQTTMessage:
+        return self.messages.get(timeout=timeout_s)
+
+    def disconnect(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
