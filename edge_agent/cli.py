@@ -1,8 +1,9 @@
-"""`edge-agent`: serve, run, chat, models."""
+"""`edge-agent`: serve, run, chat, models, status."""
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -321,6 +322,68 @@ def rollback(model: ModelArg) -> None:
     except (StoreError, UpdateError) as exc:
         fail(str(exc))
     typer.echo(f"{model}: {version} is active again")
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+@app.command()
+def status() -> None:
+    """Show the hub link (connected since, last sync, outbox), active models, pending update."""
+    from edge_agent.store import ModelStore, StoreError
+    from edge_agent.sync.state import STATUS_FILE, load_status, process_alive
+    from edge_agent.updates.machine import Phase, StateFile
+
+    config = _config()
+    now = datetime.now(UTC)
+    sync = config.sync
+    if not sync.configured:
+        typer.echo("sync: not configured")
+    else:
+        typer.echo(f"sync: device {sync.device_id}, broker {sync.broker_url}")
+        try:
+            link = load_status(config.sync_dir / STATUS_FILE)
+        except ValueError as exc:
+            fail(str(exc))
+        if link is None:
+            typer.echo("  link: has not run yet")
+        else:
+            state = "connected" if link.connected else "disconnected"
+            running = "" if process_alive(link.pid) else " (link not running; last known state)"
+            typer.echo(f"  link: {state} since {link.since.isoformat()}{running}")
+            last = link.last_sync_at
+            typer.echo(
+                "  last sync: " + (f"{last.isoformat()} ({_ago(last, now)})" if last else "never")
+            )
+            typer.echo(f"  outbox depth: {link.outbox_depth}")
+            typer.echo(f"  dropped telemetry: {link.dropped_telemetry}")
+            if link.denied_messages:
+                typer.echo(f"  refused by the broker: {link.denied_messages}")
+            typer.echo(f"  as of: {link.updated_at.isoformat()} ({_ago(link.updated_at, now)})")
+    store = ModelStore(config.data_dir)
+    names = store.models()
+    if not names:
+        typer.echo("models: none installed")
+    for name in names:
+        try:
+            active = store.active(name)
+        except StoreError as exc:
+            typer.echo(f"model {name}: {exc}")
+            continue
+        typer.echo(f"model {name}: active {active.version if active else 'none'}")
+    try:
+        record = StateFile(config.update_state_path).load()
+    except RuntimeError as exc:
+        fail(str(exc))
+    if record.phase is Phase.IDLE:
+        typer.echo("update: idle")
+    else:
+        typer.echo(f"update: {record.model} {record.version} {record.phase}")
 
 
 def main() -> None:

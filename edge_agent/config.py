@@ -60,12 +60,41 @@ class UpdatesConfig(_Section):
     watch_interval_seconds: float = Field(2.0, gt=0)
 
 
+class SyncConfig(_Section):
+    """The MQTT link to the hub. Empty broker_url (or device_id) = sync not configured."""
+
+    broker_url: str = Field("", description="mqtt://host:port or mqtts://host:port; empty = off")
+    device_id: str = ""
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    keepalive_seconds: int = Field(60, ge=5, le=65535)
+    session_expiry_seconds: int = Field(7 * 24 * 3600, ge=0)
+    reconnect_min_seconds: float = Field(1.0, gt=0)
+    reconnect_max_seconds: float = Field(120.0, gt=0)
+    outbox_max_messages: int = Field(100_000, ge=1)
+    outbox_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    max_in_flight_messages: int = Field(1000, ge=1, le=20_000)
+    heartbeat_interval_seconds: float = Field(300.0, gt=0)
+    flush_interval_seconds: float = Field(5.0, gt=0)
+    update_check_interval_seconds: float = Field(3600.0, gt=0)
+    housekeeping_interval_seconds: float = Field(86_400.0, gt=0)
+    director_keys_file: Path | None = Field(
+        None, description="JSON list of trusted director Ed25519 public keys (PEM strings)"
+    )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.broker_url and self.device_id)
+
+
 class AgentConfig(_Section):
     api: ApiConfig = ApiConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     models: ModelsConfig = ModelsConfig()
     store: StoreConfig = StoreConfig()
     updates: UpdatesConfig = UpdatesConfig()
+    sync: SyncConfig = SyncConfig()
 
     @property
     def data_dir(self) -> Path:
@@ -82,6 +111,10 @@ class AgentConfig(_Section):
     @property
     def update_state_path(self) -> Path:
         return self.data_dir / "update-state.json"
+
+    @property
+    def sync_dir(self) -> Path:
+        return self.data_dir / "sync"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +15,8 @@ from edge_agent.program import Program
 from hub.config import HubConfig, load_config
 
 if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
+    from sqlalchemy import Engine
+
     from hub.registry.repository import ReleaseRepository
 
 program = Program("edge-hub", "The fleet hub: model registry, rollouts, telemetry.", load_config)
@@ -24,12 +28,16 @@ testmodel = typer.Typer(
 model_app = typer.Typer(help="Signed model releases.", no_args_is_help=True)
 repo_app = typer.Typer(help="The release repository.", no_args_is_help=True)
 keys_app = typer.Typer(help="Signing keys of the release repository.", no_args_is_help=True)
-device_app = typer.Typer(help="Device access to the artifact server.", no_args_is_help=True)
+device_app = typer.Typer(
+    help="Devices: the fleet registry, and access to the artifact server.", no_args_is_help=True
+)
+group_app = typer.Typer(help="Device groups.", no_args_is_help=True)
 app.add_typer(testmodel, name="testmodel")
 app.add_typer(model_app, name="model")
 app.add_typer(repo_app, name="repo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(device_app, name="device")
+app.add_typer(group_app, name="group")
 
 RepoOption = Annotated[
     Path | None,
@@ -250,6 +258,105 @@ def device_token(device_id: Annotated[str, typer.Argument(help="the device's id"
         fail(str(exc))
     typer.echo(f"token for {device_id} (shown only now; the hub keeps its hash):", err=True)
     typer.echo(token)
+
+
+@contextmanager
+def _database() -> Iterator[Engine]:
+    """The hub database, migrated to the newest schema; closed at the end of the block."""
+    from hub import db
+
+    try:
+        engine = db.make_engine(_config().database_url)
+        db.migrate(engine)
+    except Exception as exc:  # a bad URL or an unreachable server: say which, no traceback
+        fail(f"cannot open the hub database: {exc}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _when(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@device_app.command("list")
+def device_list(
+    group: Annotated[str | None, typer.Option(help="only the devices of this group")] = None,
+) -> None:
+    """The devices the hub knows, with their group and when they were last seen."""
+    from hub.fleet import registry
+
+    with _database() as engine:
+        devices = registry.list_devices(engine, group=group)
+    if not devices:
+        typer.echo("no devices")
+        return
+    for device in devices:
+        state = "revoked" if device.revoked_at is not None else "active"
+        typer.echo(
+            f"{device.id}\tgroup={device.group or '-'}\t{state}\t"
+            f"last_seen={_when(device.last_seen)}"
+        )
+
+
+@device_app.command("show")
+def device_show(device_id: Annotated[str, typer.Argument(help="the device's id")]) -> None:
+    """A device's record, the latest state of its models and its recent install events."""
+    from hub.fleet import registry
+
+    try:
+        with _database() as engine:
+            details = registry.show_device(engine, device_id)
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    device = details.device
+    typer.echo(f"device:      {device.id}")
+    typer.echo(f"group:       {device.group or '-'}")
+    tags = ", ".join(f"{k}={v}" for k, v in sorted(device.tags.items()))
+    typer.echo(f"tags:        {tags or '-'}")
+    typer.echo(f"enrolled_at: {_when(device.enrolled_at)}")
+    typer.echo(f"revoked_at:  {_when(device.revoked_at)}")
+    typer.echo(f"last_seen:   {_when(device.last_seen)}")
+    for m in details.models:
+        typer.echo(
+            f"model {m.model}: active={m.active or '-'} previous={m.previous or '-'} "
+            f"pending={m.pending or '-'} floor={m.floor or '-'} phase={m.phase} "
+            f"(reported {m.updated_at})"
+        )
+    for e in details.recent_events:
+        typer.echo(
+            f"event {e.at} {e.model} {e.version} {e.event}" + (f": {e.error}" if e.error else "")
+        )
+
+
+@group_app.command("create")
+def group_create(name: Annotated[str, typer.Argument(help="the group's name")]) -> None:
+    """Create an empty group."""
+    from hub.fleet import registry
+
+    try:
+        with _database() as engine:
+            registry.create_group(engine, name)
+    except (registry.RegistryError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"created group {name}")
+
+
+@group_app.command("add")
+def group_add(
+    name: Annotated[str, typer.Argument(help="the group")],
+    device_id: Annotated[str, typer.Argument(help="the device to move into it")],
+) -> None:
+    """Put a device in a group (it leaves its previous group)."""
+    from hub.fleet import registry
+
+    try:
+        with _database() as engine:
+            registry.add_to_group(engine, name, device_id)
+    except registry.RegistryError as exc:
+        fail(str(exc))
+    typer.echo(f"{device_id} is in group {name}")
 
 
 # --- serve --------------------------------------------------------------------------------

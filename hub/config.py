@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.tomlconfig import ConfigError, load_typed
 
@@ -38,9 +39,47 @@ class ArtifactsConfig(_Section):
     tokens_file: Path = Path("~/.local/share/edge-hub/device-tokens.json")
 
 
+class BrokerConfig(_Section):
+    """The MQTT broker: `managed` (default) runs Mosquitto as the hub's child process with
+    a generated config and the hub's device CA; `external` connects to `url` instead."""
+
+    mode: Literal["managed", "external"] = "managed"
+    url: str | None = Field(None, description="external broker, e.g. mqtts://broker:8883")
+    host: str = "127.0.0.1"
+    port: int = Field(8883, ge=1, le=65535)
+    data_dir: Path = Path("~/.local/share/edge-hub/broker")
+    identity_dir: Path = Path("~/.local/share/edge-hub/identity")
+    binary: Path | None = Field(None, description="default: mosquitto on PATH or in /usr/sbin")
+
+    @model_validator(mode="after")
+    def _url_for_external(self) -> BrokerConfig:
+        if self.mode == "external" and not self.url:
+            raise ValueError('mode "external" needs url, e.g. url = "mqtts://broker:8883"')
+        return self
+
+
+DATA_DIR = Path("~/.local/share/edge-hub")
+
+
+class DatabaseConfig(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db; "
+        "default: a SQLite file hub.sqlite3 in the hub's data folder",
+    )
+
+
 class HubConfig(_Section):
     repository: RepositoryConfig = RepositoryConfig()
     artifacts: ArtifactsConfig = ArtifactsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    broker: BrokerConfig = BrokerConfig()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(DATA_DIR / 'hub.sqlite3').expanduser().absolute()}"
 
     @property
     def repository_dir(self) -> Path:

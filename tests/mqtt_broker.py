@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -184,18 +184,32 @@ class MosquittoBroker:
         return f"mosquitto on {HOST}:{self.port}, log:\n{self.log()[-2000:]}"
 
 
+class Endpoint(Protocol):
+    """Where a TestClient connects: MosquittoBroker, or the hub's ManagedMosquitto."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 class TestClient:
-    """A paho MQTT 5 client on its own network thread; received messages land in a queue."""
+    """A paho MQTT 5 client on its own network thread; received messages land in a queue.
+    With `ca_file` it speaks TLS, and shows a client certificate when given one."""
 
     __test__ = False  # not a test class, whatever its name says
 
     def __init__(
         self,
-        broker: MosquittoBroker,
+        broker: Endpoint,
         client_id: str,
         *,
         clean_start: bool = True,
         session_expiry_s: int = 0,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -211,6 +225,12 @@ class TestClient:
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
+        if ca_file is not None:
+            self.client.tls_set(
+                ca_certs=str(ca_file),
+                certfile=str(cert_file) if cert_file else None,
+                keyfile=str(key_file) if key_file else None,
+            )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

@@ -1,4 +1,6 @@
-"""Offline-first sync: the durable outbox (MQTT link and desired/reported state to come)."""
+"""Offline-first sync: the durable outbox (outbox), the MQTT link (link), persisted link
+state (state), periodic jobs (jobs) and desired-state orchestration (orchestrate). Only the
+outbox is imported here: the link pulls in paho, which `edge-agent status` does not need."""
 
 from edge_agent.sync.errors import (
     InvalidMessage,

@@ -1,0 +1,107 @@
+"""From verified desired state to the update state machine, with reports to the hub.
+
+`DesiredApplier` is the Link's `on_desired` callback (it runs in the link's worker thread,
+never paho's). For each model whose desired version differs from the active one it queues
+an InstallEvent(start), calls `install(model, version)` (the caller wires that to
+UpdateManager.update with a ReleaseSource), queues InstallEvent(healthy | failed) with the
+error, and finally one ReportedState with what now runs and the desired sequence. Every
+report goes through the durable outbox, so results made offline still reach the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from edge_agent.protocol import (
+    DesiredState,
+    Envelope,
+    InstallEvent,
+    ModelReport,
+    ReportedState,
+    UpdateEvent,
+    UpdateResult,
+)
+from edge_agent.sync.link import enqueue
+from edge_agent.sync.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 2000
+
+
+class DesiredApplier:
+    def __init__(
+        self,
+        outbox: Outbox,
+        device_id: str,
+        agent_version: str,
+        *,
+        active_version: Callable[[str], str | None],
+        install: Callable[[str, str], str | None],
+        nudge: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`active_version(model)`: what runs now. `install(model, version)`: install it,
+        return the version active afterwards, raise with a readable message on failure."""
+        self.outbox = outbox
+        self.device_id = device_id
+        self.agent_version = agent_version
+        self.active_version = active_version
+        self.install = install
+        self.nudge = nudge
+
+    def _send(self, payload: InstallEvent | ReportedState) -> None:
+        enqueue(self.outbox, Envelope.of(payload, device_id=self.device_id))
+        self.nudge()
+
+    def __call__(self, state: DesiredState) -> None:
+        reports: dict[str, ModelReport] = {}
+        for model, release in sorted(state.models.items()):
+            current = self.active_version(model)
+            if current == release.version:
+                reports[model] = ModelReport(active=current)
+                continue
+            self._send(
+                InstallEvent(
+                    model=model,
+                    version=release.version,
+                    event=UpdateEvent.START,
+                    from_version=current,
+                )
+            )
+            try:
+                active = self.install(model, release.version)
+            except Exception as exc:  # any failure is reported, never swallowed silently
+                error = str(exc)[:MAX_ERROR_CHARS] or type(exc).__name__
+                log.warning("%s %s: install failed: %s", model, release.version, error)
+                self._send(
+                    InstallEvent(
+                        model=model,
+                        version=release.version,
+                        event=UpdateEvent.FAILED,
+                        from_version=current,
+                        error=error,
+                    )
+                )
+                reports[model] = ModelReport(
+                    active=self.active_version(model),
+                    last_result=UpdateResult.FAILED,
+                    last_error=error,
+                )
+                continue
+            self._send(
+                InstallEvent(
+                    model=model,
+                    version=release.version,
+                    event=UpdateEvent.HEALTHY,
+                    from_version=current,
+                )
+            )
+            reports[model] = ModelReport(active=active, last_result=UpdateResult.SUCCEEDED)
+        self._send(
+            ReportedState(
+                agent_version=self.agent_version,
+                models=reports,
+                desired_sequence=state.sequence,
+            )
+        )

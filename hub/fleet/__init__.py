@@ -1,0 +1,1 @@
+"""The fleet: devices, groups, enrollment, desired vs reported state."""

@@ -1,0 +1,1 @@
+"""Ingest of what devices report: MQTT (shared subscriptions) into the hub database."""
