@@ -9,12 +9,8 @@ test's private folder.
 from __future__ import annotations
 
 import getpass
-import os
 import queue
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -28,31 +24,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from hub.broker import BrokerMissing, find_mosquitto
+from hub.broker.process import BrokerProcess
+
+__all__ = ["BrokerMissing", "Endpoint", "MosquittoBroker", "TestClient", "free_port"]
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 # Mosquitto's default queue limits drop messages silently, even for online subscribers in a
 # burst: a test must never lose a message to the broker's bookkeeping.
 MAX_QUEUED_MESSAGES = 1_000_000
-_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin")
-
-
-class BrokerMissing(RuntimeError):
-    pass
-
-
-def find_mosquitto() -> Path:
-    found = shutil.which("mosquitto")
-    if found:
-        return Path(found)
-    for folder in _SEARCH_DIRS:
-        candidate = Path(folder) / "mosquitto"
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise BrokerMissing(
-        "Mosquitto is not installed (looked on PATH and in "
-        f"{', '.join(_SEARCH_DIRS)}): run scripts/setup, or as root: apt-get install mosquitto"
-    )
 
 
 def free_port() -> int:
@@ -72,7 +53,7 @@ class MosquittoBroker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self.persistence_dir = workdir / "data"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = BrokerProcess()
 
     @property
     def host(self) -> str:
@@ -80,7 +61,7 @@ class MosquittoBroker:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process.running
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -120,17 +101,12 @@ class MosquittoBroker:
 
     def _launch(self) -> None:
         self._write_config()
-        with (self.workdir / "mosquitto.out").open("ab") as out:
-            self._process = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self._process.spawn(self.binary, self.config_path, self.workdir / "mosquitto.out")
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: {self}")
+            code = self._process.exit_code()
+            if code is not None:
+                raise RuntimeError(f"mosquitto exited with {code}: {self}")
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.5):
                     return
@@ -141,24 +117,11 @@ class MosquittoBroker:
 
     def stop(self) -> None:
         """Stop as a service manager would: SIGTERM, and the broker saves its state."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+        self._process.stop()
 
     def kill(self) -> None:
         """A crash: SIGKILL, so only what the broker had already saved survives."""
-        if self._process is None:
-            return
         self._process.kill()
-        self._process.wait()
-        self._process = None
 
     def restart(self, *, hard: bool = False) -> None:
         """Stop (or kill, when hard) and start again on the same port and persistence."""

@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,13 +32,13 @@ from typing import Self
 from edge_agent.atomic import make_dirs, write_atomic
 from edge_agent.protocol import MAX_MESSAGE_BYTES
 from edge_agent.protocol.topics import HUB_USERNAME, broker_acl
+from hub.broker.process import BrokerProcess
 from hub.config import HubConfig
 from hub.fleet.identity import DEFAULT_SERVER_HOSTS, DeviceCA, TlsFiles
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 MAX_QUEUED_MESSAGES = 1_000_000
 # Room for the MQTT header, topic and properties around the largest payload the protocol
 # allows. Mosquitto 2.0 recommends `max_packet_size` over the older `message_size_limit`;
@@ -141,7 +140,7 @@ class ManagedMosquitto:
         self.host = host
         self.port = port
         self._device_groups = {d: list(g) for d, g in (device_groups or {}).items()}
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = BrokerProcess()
 
     @property
     def config_path(self) -> Path:
@@ -161,7 +160,7 @@ class ManagedMosquitto:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process.running
 
     def hub_client_files(self) -> TlsFiles:
         """The CA, certificate and key the hub's own MQTT clients connect with."""
@@ -198,20 +197,13 @@ class ManagedMosquitto:
         self._write_acl()
         self._write_config()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with (self.data_dir / "mosquitto.out").open("ab") as out:
-            self._process = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self._process.spawn(self.binary, self.config_path, self.data_dir / "mosquitto.out")
         # Ready: Mosquitto says it runs (so it bound the port, rather than someone else
         # holding it) and a connection is accepted.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self._process = None
+            code = self._process.exit_code()
+            if code is not None:
                 raise BrokerError(f"mosquitto exited with {code}: {self._tail()}")
             if self._says_running(log_offset):
                 try:
@@ -241,9 +233,8 @@ class ManagedMosquitto:
         """SIGHUP: Mosquitto rereads the ACL file and the TLS files, CRL included. Clients
         already connected stay connected; a revocation that must cut one off needs
         restart() (sessions and queued messages persist across it)."""
-        if self._process is None or not self.running:
+        if not self._process.send(signal.SIGHUP):
             raise BrokerError("the broker is not running")
-        self._process.send_signal(signal.SIGHUP)
 
     def set_device_groups(self, device_groups: Mapping[str, Iterable[str]]) -> None:
         """Regenerate the ACL for new group membership, and reload when running."""
@@ -263,23 +254,10 @@ class ManagedMosquitto:
 
     def stop(self) -> None:
         """SIGTERM: Mosquitto saves its state and exits."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+        self._process.stop()
 
     def kill(self) -> None:
-        if self._process is None:
-            return
         self._process.kill()
-        self._process.wait()
-        self._process = None
 
     def restart(self) -> None:
         self.stop()
