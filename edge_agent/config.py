@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.tomlconfig import ConfigError, load_typed
 
@@ -88,6 +88,26 @@ class SyncConfig(_Section):
         return bool(self.broker_url and self.device_id)
 
 
+class TelemetryConfig(_Section):
+    """Anonymous usage telemetry (edge_agent.telemetry): aggregated, pseudonymous, no text."""
+
+    policy: str = Field("aggregate", pattern="^(off|aggregate|local-log)$")
+    window_seconds: int = Field(
+        3600, ge=300, le=86_400, description="must divide a day (86400) evenly"
+    )
+    publish_interval_seconds: float = Field(300.0, gt=0)
+    dp_epsilon: float | None = Field(None, gt=0, le=100, description="None = no noise")
+    dp_budget_per_period: float = Field(10.0, gt=0, description="epsilon per ISO week")
+    transparency_log_max_bytes: int = Field(1_048_576, ge=262_144)
+
+    @field_validator("window_seconds")
+    @classmethod
+    def _divides_day(cls, value: int) -> int:
+        if 86_400 % value:
+            raise ValueError(f"{value} does not divide a day (86400 seconds) evenly")
+        return value
+
+
 class AgentConfig(_Section):
     api: ApiConfig = ApiConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -95,6 +115,7 @@ class AgentConfig(_Section):
     store: StoreConfig = StoreConfig()
     updates: UpdatesConfig = UpdatesConfig()
     sync: SyncConfig = SyncConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def data_dir(self) -> Path:

@@ -40,7 +40,9 @@ from edge_agent.protocol.errors import (
     shown,
 )
 from edge_agent.protocol.fields import ModelName, ReleaseVersion, Sha256Hex
+from edge_agent.protocol.telemetry import TelemetryReport
 from edge_agent.protocol.topics import (
+    TELEMETRY_TOPIC,
     DeviceTopic,
     check_name,
     device_topic,
@@ -178,9 +180,10 @@ class MessageKind(StrEnum):
     HEARTBEAT = "heartbeat"
     INSTALL_EVENT = "install_event"
     ANNOUNCEMENT = "announcement"
+    TELEMETRY = "telemetry"
 
 
-Payload = SignedDesired | ReportedState | Heartbeat | InstallEvent | Announcement
+Payload = SignedDesired | ReportedState | Heartbeat | InstallEvent | Announcement | TelemetryReport
 
 PAYLOAD_TYPES: dict[MessageKind, type[Payload]] = {
     MessageKind.DESIRED: SignedDesired,
@@ -188,6 +191,7 @@ PAYLOAD_TYPES: dict[MessageKind, type[Payload]] = {
     MessageKind.HEARTBEAT: Heartbeat,
     MessageKind.INSTALL_EVENT: InstallEvent,
     MessageKind.ANNOUNCEMENT: Announcement,
+    MessageKind.TELEMETRY: TelemetryReport,
 }
 _KIND_OF = {payload_type: kind for kind, payload_type in PAYLOAD_TYPES.items()}
 
@@ -240,6 +244,13 @@ class Envelope(Wire):
             raise ValueError(f"device_id: a {self.kind} message must name its device")
         if self.kind not in DEVICE_TOPIC_OF and self.device_id is not None:
             raise ValueError(f"device_id: a {self.kind} message must not name a device")
+        # The envelope keeps unknown fields for other kinds; on telemetry they would be an
+        # unchecked channel next to the closed report.
+        if self.kind is MessageKind.TELEMETRY and self.model_extra:
+            raise ValueError(
+                f"a telemetry message carries no fields beyond the envelope's: "
+                f"{', '.join(sorted(self.model_extra))}"
+            )
         return self
 
 
@@ -251,6 +262,8 @@ def topic_for(envelope: Envelope) -> str:
         return device_topic(envelope.device_id, device_kind)
     if isinstance(envelope.payload, Announcement):
         return group_topic(envelope.payload.group)
+    if isinstance(envelope.payload, TelemetryReport):
+        return TELEMETRY_TOPIC
     raise AssertionError(f"no topic for {envelope.kind}")  # pragma: no cover
 
 

@@ -1,0 +1,84 @@
+"""Builds the telemetry parts from the agent's config, for `serve` and the CLI.
+
+<data dir>/telemetry/secret            the pseudonym secret (0600, never sent)
+<data dir>/telemetry/running           the run marker (crash detection)
+<data dir>/telemetry/dp-budget.json    epsilon spent in the current period
+<data dir>/telemetry/sent.log (+ .1)   the transparency log
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.config import TelemetryConfig
+from edge_agent.sync.outbox import Outbox
+from edge_agent.telemetry.collector import Collector
+from edge_agent.telemetry.hardware import hardware_class
+from edge_agent.telemetry.lifecycle import RunMarker
+from edge_agent.telemetry.privacy import PrivacyBudget
+from edge_agent.telemetry.pseudonym import load_or_create_secret
+from edge_agent.telemetry.publisher import Policy, Publisher
+from edge_agent.telemetry.transparency import TransparencyLog, render
+
+
+def telemetry_dir(data_dir: Path) -> Path:
+    return data_dir / "telemetry"
+
+
+def transparency_log(config: TelemetryConfig, data_dir: Path) -> TransparencyLog:
+    return TransparencyLog(telemetry_dir(data_dir) / "sent.log", config.transparency_log_max_bytes)
+
+
+def show(config: TelemetryConfig, data_dir: Path) -> str:
+    """What `edge-agent telemetry show` prints: every message kept in the log, decoded."""
+    return render(transparency_log(config, data_dir).entries())
+
+
+@dataclass
+class Telemetry:
+    collector: Collector
+    publisher: Publisher
+    marker: RunMarker
+
+    def start(self) -> None:
+        """At agent start: detect a crash of the previous run, count the restart."""
+        crashed = self.marker.start()
+        self.collector.record_restart(crashed=crashed)
+
+    def stop(self) -> None:
+        """At a clean stop: hand on the open window too, then mark the stop clean."""
+        self.publisher.publish_all()
+        self.marker.stop()
+
+
+def build(
+    config: TelemetryConfig,
+    *,
+    data_dir: Path,
+    outbox: Outbox | None,
+    agent_version: str,
+    execution_provider: str,
+    clock: Callable[[], float] = time.time,
+) -> Telemetry:
+    folder = telemetry_dir(data_dir)
+    collector = Collector(config.window_seconds, clock=clock)
+    publisher = Publisher(
+        collector,
+        policy=Policy(config.policy),
+        secret=load_or_create_secret(folder / "secret"),
+        agent_version=agent_version,
+        hardware=hardware_class(execution_provider),
+        transparency=transparency_log(config, data_dir),
+        outbox=outbox,
+        dp_epsilon=config.dp_epsilon,
+        budget=(
+            PrivacyBudget(folder / "dp-budget.json", config.dp_budget_per_period)
+            if config.dp_epsilon is not None
+            else None
+        ),
+        clock=clock,
+    )
+    return Telemetry(collector, publisher, RunMarker(folder / "running"))
