@@ -16,6 +16,7 @@ from edge_agent.program import Program
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
+    from edge_agent.sync.service import SyncService
     from edge_agent.updates.manager import Outcome, UpdateManager
     from edge_agent.updates.source import ReleaseSource
 
@@ -123,6 +124,7 @@ def serve(
             config.updates.watch_interval_seconds,
             settled=lambda: updates.load().phase is Phase.IDLE,
         ).start()
+    sync = _start_sync()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
     typer.echo(
@@ -130,7 +132,57 @@ def serve(
         f'-d \'{{"model": "{ref.name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
         err=True,
     )
-    uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+    try:
+        uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+    finally:
+        if sync is not None:
+            sync.stop()
+
+
+def _start_sync() -> SyncService | None:
+    """The fleet link, when the device is enrolled or `[sync]` is configured."""
+    from edge_agent.sync.service import SyncService, sync_settings
+
+    config = _config()
+    try:
+        settings = sync_settings(config)
+        if settings is None:
+            return None
+        service = SyncService(config, settings, __version__)
+        service.start()
+    except (ValueError, RuntimeError) as exc:
+        fail(f"fleet sync cannot start: {exc}")
+    typer.echo(f"  fleet sync: device {settings.device_id}, broker {settings.broker}", err=True)
+    return service
+
+
+@app.command()
+def enroll(
+    hub_url: Annotated[str, typer.Argument(help="the hub, e.g. http://hub.example:8070")],
+    device_id: Annotated[str, typer.Option("--device-id", help="this device's id")],
+    token: Annotated[str, typer.Option(help="the one-time token from `edge-hub device enroll`")],
+    replace_root: Annotated[
+        bool, typer.Option(help="trust the hub's root even if another one is pinned")
+    ] = False,
+) -> None:
+    """Join a fleet: make this device's key, get its certificate, trust the hub's releases."""
+    from edge_agent.sync.identity import EnrollmentFailed
+    from edge_agent.sync.service import identity_of
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.source import pin_root
+
+    config = _config()
+    identity = identity_of(config)
+    try:
+        enrolled = identity.enroll(hub_url, device_id, token)
+        pinned = config.trust_dir / "root.json"
+        if not pinned.exists() or pinned.read_bytes() != identity.root_path.read_bytes():
+            pin_root(config.trust_dir, identity.root_path, replace=replace_root)
+    except (EnrollmentFailed, UpdateError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"enrolled as {enrolled.device_id}: broker {enrolled.broker_url}")
+    typer.echo(f"  key and certificate in {identity.folder}; releases from {enrolled.hub_url}")
+    typer.echo("  `edge-agent serve` now connects to the fleet")
 
 
 @app.command()
@@ -248,13 +300,19 @@ def update(
 ) -> None:
     """Fetch, verify and install the newest signed release; roll back if it is unhealthy."""
     from edge_agent.store import ModelStore
+    from edge_agent.sync.service import sync_settings
     from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.fetchers import fetcher_for
     from edge_agent.updates.manager import UpdateManager
     from edge_agent.updates.source import ReleaseSource
 
     config = _config()
-    origin = source or config.updates.source
+    try:
+        fleet = sync_settings(config)  # an enrolled device updates from its hub
+    except ValueError as exc:
+        fail(str(exc))
+    origin = source or (fleet.update_source if fleet else config.updates.source)
+    token = fleet.update_token if fleet and origin == fleet.update_source else None
     wanted = model_names or list(config.updates.models)
     if not origin:
         fail("no update source: pass --from URL|PATH or set [updates] source", 2)
@@ -267,7 +325,7 @@ def update(
     failed = False
     try:
         base, fetcher = fetcher_for(
-            origin, config.updates.token or None, config.updates.bandwidth_bytes_per_second
+            origin, token or config.updates.token or None, config.updates.bandwidth_bytes_per_second
         )
         with ReleaseSource(base, config.trust_dir, fetcher) as releases:
             for name in wanted:
@@ -336,16 +394,20 @@ def _ago(when: datetime, now: datetime) -> str:
 def status() -> None:
     """Show the hub link (connected since, last sync, outbox), active models, pending update."""
     from edge_agent.store import ModelStore, StoreError
+    from edge_agent.sync.service import sync_settings
     from edge_agent.sync.state import STATUS_FILE, load_status, process_alive
     from edge_agent.updates.machine import Phase, StateFile
 
     config = _config()
     now = datetime.now(UTC)
-    sync = config.sync
-    if not sync.configured:
-        typer.echo("sync: not configured")
+    try:
+        sync = sync_settings(config)
+    except ValueError as exc:
+        fail(str(exc))
+    if sync is None:
+        typer.echo("sync: not configured (enroll with `edge-agent enroll`)")
     else:
-        typer.echo(f"sync: device {sync.device_id}, broker {sync.broker_url}")
+        typer.echo(f"sync: device {sync.device_id}, broker {sync.broker}")
         try:
             link = load_status(config.sync_dir / STATUS_FILE)
         except ValueError as exc:

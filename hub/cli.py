@@ -330,6 +330,95 @@ def device_show(device_id: Annotated[str, typer.Argument(help="the device's id")
         )
 
 
+@device_app.command("enroll")
+def device_enroll(
+    device_id: Annotated[str, typer.Argument(help="the new device's id")],
+    group: Annotated[str | None, typer.Option(help="put the device in this group")] = None,
+    hours: Annotated[int, typer.Option(help="how long the token may be used")] = 24,
+) -> None:
+    """Make a one-time enrollment token for a device; printed once, with the command the
+    device runs."""
+    from datetime import timedelta
+
+    from hub.fleet import registry
+    from hub.fleet.authority import FleetAuthority
+
+    config = _config()
+    try:
+        with _database() as engine:
+            registry.prepare(engine, device_id, group=group)
+        token = FleetAuthority(config).enrollment_tokens.create(
+            device_id, ttl=timedelta(hours=hours)
+        )
+    except (registry.RegistryError, ValueError) as exc:
+        fail(str(exc))
+    url = f"http://{config.artifacts.host}:{config.artifacts.port}"
+    typer.echo(f"enrollment token for {device_id}, valid {hours} h (shown only now):", err=True)
+    typer.echo(token)
+    typer.echo(
+        f"on the device: edge-agent enroll {url} --device-id {device_id} --token {token}",
+        err=True,
+    )
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: Annotated[str, typer.Argument(help="the device to cut off")]) -> None:
+    """Revoke a device: its certificates go on the broker's revocation list (a running hub
+    disconnects it within seconds), its download token stops working."""
+    from hub.fleet import registry
+    from hub.fleet.authority import FleetAuthority
+    from hub.fleet.identity import IdentityError
+
+    authority = FleetAuthority(_config())
+    try:
+        with _database() as engine:
+            registry.mark_revoked(engine, device_id)
+        count = authority.ca.revoke(device_id)
+    except (registry.RegistryError, IdentityError) as exc:
+        fail(str(exc))
+    authority.downloads.revoke(device_id)
+    typer.echo(f"revoked {device_id}: {count} certificate(s) on the revocation list")
+
+
+@device_app.command("assign")
+def device_assign(
+    model: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str, typer.Argument(help="release version (must be published)")],
+    device_ids: Annotated[
+        list[str] | None, typer.Option("--device", help="a device (repeatable)")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="every device of this group")] = None,
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Sign desired state: the devices install this release (a running hub publishes it)."""
+    from hub.fleet import desired, registry
+    from hub.fleet.authority import FleetAuthority
+
+    repository = _open(repo, keys)
+    index = repository.index()
+    targets = list(device_ids or [])
+    try:
+        with _database() as engine:
+            if group is not None:
+                registry.get_group(engine, group)
+                targets += [d.id for d in registry.list_devices(engine, group=group)]
+            if not targets:
+                fail("no device: pass --device ID or --group NAME (with members)", 2)
+            records = desired.assign(
+                engine,
+                FleetAuthority(_config()).director.private_key(),
+                sorted(set(targets)),
+                model,
+                version,
+                listed=lambda m, v: v in index.versions(m),
+            )
+    except (registry.RegistryError, desired.NotListed) as exc:
+        fail(str(exc))
+    for record in records:
+        typer.echo(f"{record.device_id}: desired {model} {version} (sequence {record.sequence})")
+
+
 @group_app.command("create")
 def group_create(name: Annotated[str, typer.Argument(help="the group's name")]) -> None:
     """Create an empty group."""
@@ -369,38 +458,56 @@ def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8070)")] = None,
 ) -> None:
-    """Serve releases to devices and keep the online metadata fresh."""
+    """Run the hub: the broker, ingest, desired state, and the HTTP server for releases
+    and enrollment."""
     import uvicorn
 
     from hub.artifacts.server import create_app
-    from hub.artifacts.tokens import TokenStore
-    from hub.registry.repository import ReleaseRepository
-    from hub.scheduler import start_refresh_job
+    from hub.broker import BrokerError
+    from hub.fleet.enrollment import EnrollmentDesk, enrollment_route
+    from hub.service import HubService
 
     config = _config()
     repository = _open(repo, keys)
-    root, keys_dir = repository.root, repository.keys_dir
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per run otherwise
-    application = create_app(root, TokenStore(config.tokens_file))
-    jobs = start_refresh_job(
-        lambda: ReleaseRepository.open(root, keys_dir),
-        config.repository.refresh_interval_seconds,
+    hub = HubService(config, repository)
+    try:
+        hub.start()
+    except (BrokerError, TimeoutError) as exc:
+        fail(f"the hub could not start: {exc}")
+    authority = hub.authority
+    desk = EnrollmentDesk(
+        ca=authority.ca,
+        tokens=authority.enrollment_tokens,
+        downloads=authority.downloads,
+        engine=hub.engine,
+        broker_url=config.broker.device_url,
+        director_keys=authority.director.public_pems,
+        tuf_root=repository.trusted_root_path(),
     )
+    application = create_app(repository.root, authority.downloads, [enrollment_route(desk)])
     bind_host = host or config.artifacts.host
     bind_port = config.artifacts.port if port is None else port
-    typer.echo(
-        f"edge-hub {__version__}: serving {root} at http://{bind_host}:{bind_port}", err=True
-    )
-    typer.echo(
-        "  metadata is re-signed when due, checked every "
-        f"{config.repository.refresh_interval_seconds} s",
-        err=True,
-    )
+    _say(f"edge-hub {__version__}: releases and enrollment at http://{bind_host}:{bind_port}")
+    _say(f"  repository {repository.root}, database {_shown_url(config.database_url)}")
+    where = "managed Mosquitto" if hub.broker is not None else "external broker"
+    _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:
         uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
     finally:
-        jobs.shutdown(wait=False)
+        hub.stop()
+
+
+def _say(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _shown_url(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 # --- testmodel ----------------------------------------------------------------------------

@@ -50,12 +50,26 @@ class BrokerConfig(_Section):
     data_dir: Path = Path("~/.local/share/edge-hub/broker")
     identity_dir: Path = Path("~/.local/share/edge-hub/identity")
     binary: Path | None = Field(None, description="default: mosquitto on PATH or in /usr/sbin")
+    public_url: str | None = Field(
+        None,
+        description="the address devices connect to, told to them at enrollment; "
+        "default: url (external) or mqtts://host:port (managed)",
+    )
 
     @model_validator(mode="after")
     def _url_for_external(self) -> BrokerConfig:
         if self.mode == "external" and not self.url:
             raise ValueError('mode "external" needs url, e.g. url = "mqtts://broker:8883"')
         return self
+
+    @property
+    def hub_url(self) -> str:
+        """Where the hub's own clients connect."""
+        return self.url or f"mqtts://{self.host}:{self.port}"
+
+    @property
+    def device_url(self) -> str:
+        return self.public_url or self.hub_url
 
 
 DATA_DIR = Path("~/.local/share/edge-hub")
@@ -69,11 +83,20 @@ class DatabaseConfig(_Section):
     )
 
 
+class TelemetryConfig(_Section):
+    """Anonymous usage telemetry as the hub shows it."""
+
+    # A cell (release x time bucket) backed by fewer distinct device pseudonyms is
+    # suppressed: fewer than 2 would show a single device's usage.
+    k_anonymity: int = Field(5, ge=2)
+
+
 class HubConfig(_Section):
     repository: RepositoryConfig = RepositoryConfig()
     artifacts: ArtifactsConfig = ArtifactsConfig()
     database: DatabaseConfig = DatabaseConfig()
     broker: BrokerConfig = BrokerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def database_url(self) -> str:
@@ -94,6 +117,10 @@ class HubConfig(_Section):
     @property
     def tokens_file(self) -> Path:
         return self.artifacts.tokens_file.expanduser()
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.broker.identity_dir.expanduser()
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> HubConfig:

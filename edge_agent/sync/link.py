@@ -40,24 +40,21 @@ import logging
 import os
 import queue
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
 from edge_agent.protocol import (
     DesiredState,
     DesiredStateRefused,
@@ -69,6 +66,7 @@ from edge_agent.protocol import (
     Replayed,
     ReportedState,
     SignedDesired,
+    TelemetryReport,
     check_name,
     decode,
     device_topic,
@@ -91,39 +89,13 @@ NO_MATCHING_SUBSCRIBERS = 16
 UNHEARD_RETRY_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """mqtt://host[:1883] or mqtts://host[:8883]."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(
-                f"broker url {url!r} must be mqtt://host[:port] or mqtts://host[:port]"
-            )
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
 def enqueue(outbox: Outbox, envelope: Envelope) -> None:
     """Put a device message into the outbox on its topic: state kinds are never dropped,
-    install events neither (OutboxKind.EVENT)."""
+    install events neither (OutboxKind.EVENT); telemetry may be (OutboxKind.TELEMETRY)."""
     payload = envelope.payload
-    if isinstance(payload, InstallEvent):
+    if isinstance(payload, TelemetryReport):
+        kind = OutboxKind.TELEMETRY
+    elif isinstance(payload, InstallEvent):
         kind = OutboxKind.EVENT
     elif isinstance(payload, ReportedState | Heartbeat):
         kind = OutboxKind.STATE
@@ -211,20 +183,7 @@ class Link:
     # --- setup ---------------------------------------------------------------------------
 
     def _make_client(self, tls: TlsFiles | None) -> Client:
-        client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.device_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        if self.broker.tls or (tls and (tls.ca_file or tls.cert_file)):
-            tls = tls or TlsFiles()
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        client = new_client(self.device_id, tls=tls, use_tls=self.broker.tls)
         # paho's own window equals ours, so nothing waits in its RAM queue unsent.
         client.max_inflight_messages_set(self.max_in_flight)
         client.reconnect_delay_set(1, 1)
@@ -242,16 +201,12 @@ class Link:
             raise RuntimeError(str(exc)) from None
         self._refresh_counts()
         self._write_status(force=True)
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.session_expiry_s
-        self.client.connect_async(
-            self.broker.host,
-            self.broker.port,
-            keepalive=self.keepalive_s,
-            clean_start=False,
-            properties=properties,
+        connect_persistent(
+            self.client,
+            self.broker,
+            keepalive_s=self.keepalive_s,
+            session_expiry_s=self.session_expiry_s,
         )
-        self.client.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="outbox-flush", daemon=True)
         self._flusher.start()
 

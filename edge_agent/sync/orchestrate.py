@@ -40,15 +40,18 @@ class DesiredApplier:
         active_version: Callable[[str], str | None],
         install: Callable[[str, str], str | None],
         nudge: Callable[[], None] = lambda: None,
+        describe: Callable[[str], ModelReport] | None = None,
     ) -> None:
         """`active_version(model)`: what runs now. `install(model, version)`: install it,
-        return the version active afterwards, raise with a readable message on failure."""
+        return the version active afterwards, raise with a readable message on failure.
+        `describe(model)`: the model's report (active, previous, floor) before results."""
         self.outbox = outbox
         self.device_id = device_id
         self.agent_version = agent_version
         self.active_version = active_version
         self.install = install
         self.nudge = nudge
+        self.describe = describe or (lambda model: ModelReport(active=self.active_version(model)))
 
     def _send(self, payload: InstallEvent | ReportedState) -> None:
         enqueue(self.outbox, Envelope.of(payload, device_id=self.device_id))
@@ -59,7 +62,7 @@ class DesiredApplier:
         for model, release in sorted(state.models.items()):
             current = self.active_version(model)
             if current == release.version:
-                reports[model] = ModelReport(active=current)
+                reports[model] = self.describe(model)
                 continue
             self._send(
                 InstallEvent(
@@ -83,10 +86,8 @@ class DesiredApplier:
                         error=error,
                     )
                 )
-                reports[model] = ModelReport(
-                    active=self.active_version(model),
-                    last_result=UpdateResult.FAILED,
-                    last_error=error,
+                reports[model] = self.describe(model).model_copy(
+                    update={"last_result": UpdateResult.FAILED, "last_error": error}
                 )
                 continue
             self._send(
@@ -97,7 +98,9 @@ class DesiredApplier:
                     from_version=current,
                 )
             )
-            reports[model] = ModelReport(active=active, last_result=UpdateResult.SUCCEEDED)
+            reports[model] = self.describe(model).model_copy(
+                update={"active": active, "last_result": UpdateResult.SUCCEEDED}
+            )
         self._send(
             ReportedState(
                 agent_version=self.agent_version,

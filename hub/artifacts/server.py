@@ -12,12 +12,13 @@ segment, resolved, and must still lie inside its folder. Folders are never liste
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from edge_agent.protocol import METADATA_DIR, SERVED_DIRS
 from hub.artifacts.tokens import TokenFileError, TokenStore
@@ -35,7 +36,10 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
-def create_app(repository_root: Path, tokens: TokenStore) -> Starlette:
+def create_app(
+    repository_root: Path, tokens: TokenStore, extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The artifact server; `extra_routes` (enrollment) are matched first."""
     root = repository_root.resolve()
 
     async def healthz(_request: Request) -> Response:
@@ -57,10 +61,11 @@ def create_app(repository_root: Path, tokens: TokenStore) -> Starlette:
         return error(404, "not_found", f"no such file: {request.url.path}")
 
     async def bad_method(request: Request, _exc: Exception) -> Response:
-        return error(405, "method_not_allowed", f"{request.method}: this server is read-only")
+        return error(405, "method_not_allowed", f"{request.method} is not served here")
 
     app = Starlette(
         routes=[
+            *extra_routes,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/{area}/{path:path}", artifact, methods=["GET", "HEAD"]),
         ],

@@ -12,6 +12,8 @@ import json
 import re
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,16 +66,27 @@ class TokenStore:
                 "starting with a letter or digit"
             )
         token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_RANDOM_BYTES)
+        with self._locked_file() as tokens:
+            tokens.devices[device_id] = DeviceToken(
+                sha256=token_hash(token), issued_at=datetime.now(UTC)
+            )
+        return token
+
+    def revoke(self, device_id: str) -> bool:
+        """Forget `device_id`'s token; False when it had none."""
+        with self._locked_file() as tokens:
+            return tokens.devices.pop(device_id, None) is not None
+
+    @contextmanager
+    def _locked_file(self) -> Iterator[TokenFile]:
+        """The tokens, to change in the block; written back atomically at its end."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(f".{self.path.name}.lock")
         with lock_path.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two operators issuing at once both count
             tokens = self._read()
-            tokens.devices[device_id] = DeviceToken(
-                sha256=token_hash(token), issued_at=datetime.now(UTC)
-            )
+            yield tokens
             write_atomic(self.path, (tokens.model_dump_json(indent=2) + "\n").encode(), mode=0o600)
-        return token
 
     def device_for(self, token: str) -> str | None:
         """The device that holds `token`, or None."""

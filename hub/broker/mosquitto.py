@@ -34,7 +34,7 @@ from edge_agent.protocol import MAX_MESSAGE_BYTES
 from edge_agent.protocol.topics import HUB_USERNAME, broker_acl
 from hub.broker.process import BrokerProcess
 from hub.config import HubConfig
-from hub.fleet.identity import DEFAULT_SERVER_HOSTS, DeviceCA, TlsFiles
+from hub.fleet.identity import DeviceCA, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class ManagedMosquitto:
 
 
 def managed_broker(
-    config: HubConfig, device_groups: Mapping[str, Iterable[str]] | None = None
+    config: HubConfig, ca: DeviceCA, device_groups: Mapping[str, Iterable[str]] | None = None
 ) -> ManagedMosquitto:
     """The broker `config` asks the hub to run; BrokerError when `[broker] mode` is
     external (the hub then only connects to `url`), BrokerMissing without Mosquitto."""
@@ -286,12 +286,7 @@ def managed_broker(
         raise BrokerError(f"[broker] mode is {broker.mode!r}: the hub uses {broker.url}, runs none")
     return ManagedMosquitto(
         broker.data_dir.expanduser(),
-        # The server certificate is made once, on the CA's first use: for the configured host
-        # and loopback.
-        DeviceCA(
-            broker.identity_dir.expanduser(),
-            server_hosts=list(dict.fromkeys((broker.host, *DEFAULT_SERVER_HOSTS))),
-        ),
+        ca,
         host=broker.host,
         port=broker.port,
         device_groups=device_groups,

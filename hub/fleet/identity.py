@@ -37,8 +37,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.atomic import make_dirs, write_atomic
+from edge_agent.mqtt import TlsFiles as ClientTls
 from edge_agent.protocol.errors import shown
 from edge_agent.protocol.topics import HUB_USERNAME, is_valid_name
+from edge_agent.sync.identity import key_pem, make_csr, new_key
 
 CA_NAME = "edge-hub device CA"
 CA_VALID_DAYS = 20 * 365
@@ -64,7 +66,9 @@ __all__ = [
     "build_crl",
     "enroll",
     "issue_device_certificate",
+    "key_pem",
     "make_ca",
+    "make_csr",
     "make_server_certificate",
     "new_key",
 ]
@@ -90,21 +94,12 @@ class TlsFiles:
     cert: Path
     key: Path
 
+    def client(self) -> ClientTls:
+        return ClientTls(self.ca, self.cert, self.key)
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -242,13 +237,6 @@ def issue_device_certificate(
         valid_days=valid_days,
         now=now,
     )
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
-    """What a device sends to enroll (the agent's side; here for the hub's own client and
-    for tests)."""
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name))
-    return csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def make_server_certificate(

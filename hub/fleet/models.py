@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, ForeignKey, MetaData, String
+from sqlalchemy import JSON, Column, DateTime, Dialect, ForeignKey, MetaData, String, Text
 from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -149,3 +149,25 @@ class ReceivedMessage(FleetTable, table=True):
     kind: str = Field(max_length=32)
     sent_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     received_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class DesiredRecord(FleetTable, table=True):
+    """The desired state the hub signed for a device: the newest one only (its sequence
+    only grows). `published_at` is set once the broker has the retained message; a row
+    without it is published by the running hub."""
+
+    __tablename__ = "desired_states"
+
+    device_id: str = Field(
+        sa_column=Column(
+            String(ID_CHARS), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    sequence: int
+    models: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict)
+    )  # model -> version
+    issued_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    expires: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False, index=True))
+    signed: str = Field(sa_column=Column(Text, nullable=False))  # the SignedDesired JSON
+    published_at: datetime | None = _time()

@@ -92,6 +92,27 @@ def enroll(
         return device
 
 
+def prepare(engine: Engine, device_id: str, *, group: str | None = None) -> Device:
+    """Record a device about to enroll (an enrollment token was made for it)."""
+    check_name(device_id)
+    with session(engine) as db:
+        if group is not None and db.get(Group, group) is None:
+            raise RegistryError(f"no group {group!r}: create it with `edge-hub group create`")
+        device = db.get(Device, device_id) or Device(id=device_id)
+        if group is not None:
+            device.group = group
+        db.add(device)
+        return device
+
+
+def get_group(engine: Engine, name: str) -> Group:
+    with session(engine) as db:
+        group = db.get(Group, name)
+        if group is None:
+            raise RegistryError(f"no group {name!r}")
+        return group
+
+
 def mark_revoked(engine: Engine, device_id: str, at: datetime | None = None) -> Device:
     """Record that `device_id` was revoked (its certificate is no longer accepted)."""
     with session(engine) as db:

@@ -12,6 +12,7 @@ from edge_agent.protocol import MAX_MESSAGE_BYTES
 from hub.broker import BrokerError, BrokerMissing, ManagedMosquitto, managed_broker
 from hub.broker.mosquitto import find_mosquitto
 from hub.config import ConfigError, load_config
+from hub.fleet.authority import FleetAuthority
 from hub.fleet.identity import DeviceCA
 from tests.mqtt_broker import free_port
 
@@ -33,7 +34,7 @@ def test_external_needs_a_url(tmp_path: Path) -> None:
     path.write_text('[broker]\nmode = "external"\nurl = "mqtts://broker:8883"\n')
     config = load_config(path, {})
     with pytest.raises(BrokerError, match="'external': the hub uses mqtts://broker:8883"):
-        managed_broker(config)
+        managed_broker(config, FleetAuthority(config).ca)
 
 
 def test_missing_binary_says_how_to_install(
@@ -56,7 +57,7 @@ def test_generated_config(tmp_path: Path) -> None:
             "EDGE_HUB__BROKER__PORT": str(free_port()),
         },
     )
-    broker = managed_broker(config, {"dev-a": ["lab"]})
+    broker = managed_broker(config, FleetAuthority(config).ca, {"dev-a": ["lab"]})
     with broker:
         text = broker.config_path.read_text()
         acl = broker.acl_path.read_text()

@@ -1,0 +1,230 @@
+"""The agent's side of fleet sync, assembled from its config and its enrollment.
+
+`sync_settings(config)` merges the `[sync]` and `[updates]` sections with what `edge-agent
+enroll` brought (explicit config wins), and is None when the device is not part of a
+fleet. `SyncService` then runs, inside `edge-agent serve`:
+
+    outbox     the durable queue every report goes through
+    link       MQTT to the hub: publishes the outbox, receives signed desired state
+    applier    verified desired state -> UpdateManager (TUF-verified, version floor, health
+               check, rollback) -> install events and reported state
+    jobs       heartbeat, outbox flush, update check (retries a desired release that did not
+               install for a passing reason, e.g. the hub was unreachable), housekeeping
+               (the model store's garbage collection)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.config import AgentConfig
+from edge_agent.mqtt import BrokerAddress, TlsFiles
+from edge_agent.protocol import DesiredState, Envelope, ModelReport, ReportedState
+from edge_agent.store import ModelStore
+from edge_agent.sync.identity import Identity
+from edge_agent.sync.jobs import JobIntervals, build_scheduler, heartbeat_job
+from edge_agent.sync.link import Link, enqueue
+from edge_agent.sync.orchestrate import DesiredApplier
+from edge_agent.sync.outbox import Outbox
+from edge_agent.sync.state import load_director_keys
+from edge_agent.updates.errors import UpdateError
+from edge_agent.updates.manager import UpdateManager
+
+log = logging.getLogger(__name__)
+
+IDENTITY_DIR = "identity"
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+class SyncNotConfigured(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    device_id: str
+    broker: BrokerAddress
+    tls: TlsFiles
+    director_keys: Path | None
+    update_source: str
+    update_token: str | None
+
+
+def identity_of(config: AgentConfig) -> Identity:
+    return Identity(config.data_dir / IDENTITY_DIR)
+
+
+def sync_settings(config: AgentConfig) -> SyncSettings | None:
+    """The fleet link's settings, or None when neither config nor enrollment sets one up;
+    ValueError naming what is wrong otherwise."""
+    identity = identity_of(config)
+    enrolled = identity.enrollment()
+    sync, updates = config.sync, config.updates
+    device_id = sync.device_id or (enrolled.device_id if enrolled else "")
+    broker_url = sync.broker_url or (enrolled.broker_url if enrolled else "")
+    if not device_id or not broker_url:
+        return None
+    own = identity.tls if enrolled else TlsFiles()
+    return SyncSettings(
+        device_id=device_id,
+        broker=BrokerAddress.parse(broker_url),
+        tls=TlsFiles(
+            sync.tls_ca_file or own.ca_file,
+            sync.tls_cert_file or own.cert_file,
+            sync.tls_key_file or own.key_file,
+        ),
+        director_keys=sync.director_keys_file
+        or (identity.director_keys_path if enrolled else None),
+        update_source=updates.source or (enrolled.hub_url if enrolled else ""),
+        update_token=updates.token or (enrolled.download_token if enrolled else None),
+    )
+
+
+class SyncService:
+    def __init__(self, config: AgentConfig, settings: SyncSettings, agent_version: str) -> None:
+        self.config = config
+        self.settings = settings
+        self.agent_version = agent_version
+        self.store = ModelStore(config.data_dir)
+        self.manager = UpdateManager(self.store, config.update_state_path)
+        sync = config.sync
+        self.outbox = Outbox(
+            config.sync_dir / OUTBOX_FILE,
+            max_messages=sync.outbox_max_messages,
+            max_bytes=sync.outbox_max_bytes,
+        )
+        self._install_lock = threading.Lock()  # desired state and the retry job, one at a time
+        self._last_desired: DesiredState | None = None
+        self.link = Link(
+            self.outbox,
+            device_id=settings.device_id,
+            broker=settings.broker,
+            state_dir=config.sync_dir,
+            trusted_keys=self._director_keys(),
+            on_desired=self._on_desired,
+            tls=settings.tls,
+            keepalive_s=sync.keepalive_seconds,
+            session_expiry_s=sync.session_expiry_seconds,
+            reconnect_min_s=sync.reconnect_min_seconds,
+            reconnect_max_s=sync.reconnect_max_seconds,
+            max_in_flight=sync.max_in_flight_messages,
+        )
+        self.applier = DesiredApplier(
+            self.outbox,
+            settings.device_id,
+            agent_version,
+            active_version=self._active_version,
+            install=self._install,
+            nudge=self.link.flush,
+            describe=self.describe,
+        )
+        self.scheduler: BackgroundScheduler = build_scheduler(
+            JobIntervals(
+                heartbeat_seconds=sync.heartbeat_interval_seconds,
+                flush_seconds=sync.flush_interval_seconds,
+                update_check_seconds=sync.update_check_interval_seconds,
+                housekeeping_seconds=sync.housekeeping_interval_seconds,
+            ),
+            heartbeat=heartbeat_job(self.outbox, settings.device_id, nudge=self.link.flush),
+            flush=self.link.flush,
+            update_check=self.retry_desired,
+            housekeeping=self._housekeeping,
+        )
+
+    def _director_keys(self) -> dict[str, Ed25519PublicKey]:
+        path = self.settings.director_keys
+        if path is None:
+            log.warning(
+                "no director keys: desired state from the hub will be refused; enroll the "
+                "device or set [sync] director_keys_file"
+            )
+            return {}
+        return load_director_keys(path)
+
+    def start(self) -> None:
+        self.link.start()
+        self.report()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        self.link.stop()
+        self.outbox.close()
+
+    # --- reports -------------------------------------------------------------------------
+
+    def describe(self, model: str) -> ModelReport:
+        active, previous = self.store.active(model), self.store.previous(model)
+        floor = self.store.floor(model)
+        return ModelReport(
+            active=active.version if active else None,
+            previous=previous.version if previous else None,
+            floor=str(floor) if floor else None,
+        )
+
+    def report(self) -> None:
+        """Queue what runs now (at start, so the hub sees the device's state at once)."""
+        state = ReportedState(
+            agent_version=self.agent_version,
+            models={model: self.describe(model) for model in self.store.models()},
+            desired_sequence=self.link.sequences.load(),
+        )
+        enqueue(self.outbox, Envelope.of(state, device_id=self.settings.device_id))
+        self.link.flush()
+
+    # --- desired state -------------------------------------------------------------------
+
+    def _active_version(self, model: str) -> str | None:
+        active = self.store.active(model)
+        return active.version if active else None
+
+    def _on_desired(self, state: DesiredState) -> None:
+        with self._install_lock:
+            self._last_desired = state
+            self.applier(state)
+
+    def _install(self, model: str, version: str) -> str | None:
+        """Install `version` through TUF (it must be listed by the signed targets), above
+        the version floor, health-checked; UpdateError says why not."""
+        from edge_agent.updates.fetchers import fetcher_for
+        from edge_agent.updates.source import ReleaseSource
+
+        source = self.settings.update_source
+        if not source:
+            raise UpdateError("no update source: enroll the device or set [updates] source")
+        base, fetcher = fetcher_for(
+            source, self.settings.update_token, self.config.updates.bandwidth_bytes_per_second
+        )
+        with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:
+            outcome = self.manager.update(releases, model, version)
+        if outcome.version != version:
+            raise UpdateError(f"{model} {version} was not installed: {outcome.message}")
+        return outcome.version
+
+    def retry_desired(self) -> None:
+        """The update-check job: install again what the last desired state asks for and is
+        not active, unless that release already failed its health check here."""
+        with self._install_lock:
+            state = self._last_desired
+            if state is None:
+                return
+            failed = self.manager.state.load().failed
+            due = {
+                model: release
+                for model, release in state.models.items()
+                if self._active_version(model) != release.version
+                and release.version not in failed.get(model, [])
+            }
+            if due:
+                log.info("retrying the desired releases: %s", ", ".join(sorted(due)))
+                self.applier(state.model_copy(update={"models": due}))
+
+    def _housekeeping(self) -> None:
+        report = self.store.gc()
+        log.info("housekeeping: %s", report)

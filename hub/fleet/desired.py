@@ -1,0 +1,160 @@
+"""Desired state: which release each device should run, signed for that device alone.
+
+`assign` checks the device (enrolled, not revoked) and the release (listed by the TUF
+repository, so the device will find and verify it), then stores a newly signed state with
+the next sequence, unpublished. The running hub publishes unpublished states as retained
+messages on each device's desired topic (`publish_pending`) and re-signs states before
+they expire (`renew_expiring`), so a device away for longer still gets a valid one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from edge_agent.protocol import DesiredRelease, DesiredState, manifest_target
+from edge_agent.protocol.desired import sign_desired
+from hub.db import session
+from hub.fleet.models import DesiredRecord, Device
+from hub.fleet.registry import RegistryError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = timedelta(days=30)
+# Re-signed when less than this share of its lifetime is left.
+RENEW_WHEN_LEFT = 0.5
+
+
+class NotListed(ValueError):
+    """The release is not in the signed repository: no device could install it."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _signed_record(
+    device_id: str,
+    sequence: int,
+    models: dict[str, str],
+    key: Ed25519PrivateKey,
+    ttl: timedelta,
+    now: datetime,
+) -> DesiredRecord:
+    state = DesiredState(
+        device_id=device_id,
+        sequence=sequence,
+        issued_at=now,
+        expires=now + ttl,
+        models={
+            model: DesiredRelease(version=version, manifest=manifest_target(model, version))
+            for model, version in models.items()
+        },
+    )
+    return DesiredRecord(
+        device_id=device_id,
+        sequence=sequence,
+        models=dict(models),
+        issued_at=state.issued_at,
+        expires=state.expires,
+        signed=sign_desired(state, key).model_dump_json(),
+        published_at=None,
+    )
+
+
+def assign(
+    engine: Engine,
+    key: Ed25519PrivateKey,
+    device_ids: list[str],
+    model: str,
+    version: str,
+    *,
+    listed: Callable[[str, str], bool],
+    ttl: timedelta = DEFAULT_TTL,
+    now: datetime | None = None,
+) -> list[DesiredRecord]:
+    """Ask each device to run `model` `version` (other models stay as assigned). One
+    transaction: every device gets it, or none does."""
+    if not listed(model, version):
+        raise NotListed(
+            f"{model} {version} is not a published release: import it with `edge-hub model "
+            "import` first (`edge-hub model list` shows what is published)"
+        )
+    at = now or _now()
+    records = []
+    with session(engine) as db:
+        for device_id in device_ids:
+            device = db.get(Device, device_id)
+            if device is None:
+                raise RegistryError(f"no device {device_id!r}")
+            if device.revoked_at is not None:
+                raise RegistryError(f"device {device_id} is revoked")
+            current = db.get(DesiredRecord, device_id)
+            models = {**(current.models if current else {}), model: version}
+            sequence = current.sequence + 1 if current else 1
+            record = _signed_record(device_id, sequence, models, key, ttl, at)
+            if current is not None:
+                db.delete(current)
+                db.flush()
+            db.add(record)
+            records.append(record)
+    return records
+
+
+def desired_of(engine: Engine, device_id: str) -> DesiredRecord | None:
+    with session(engine) as db:
+        return db.get(DesiredRecord, device_id)
+
+
+def pending(engine: Engine) -> list[DesiredRecord]:
+    """Signed states the broker does not hold yet, of devices that are not revoked."""
+    with session(engine) as db:
+        query = (
+            select(DesiredRecord)
+            .join(Device, col(Device.id) == col(DesiredRecord.device_id))
+            .where(col(DesiredRecord.published_at).is_(None), col(Device.revoked_at).is_(None))
+            .order_by(col(DesiredRecord.device_id))
+        )
+        return list(db.exec(query).all())
+
+
+def mark_published(engine: Engine, device_id: str, sequence: int) -> None:
+    """Record the broker's acknowledgement, unless a newer state was signed meanwhile."""
+    with session(engine) as db:
+        record = db.get(DesiredRecord, device_id)
+        if record is not None and record.sequence == sequence:
+            record.published_at = _now()
+            db.add(record)
+
+
+def renew_expiring(
+    engine: Engine,
+    key: Ed25519PrivateKey,
+    *,
+    ttl: timedelta = DEFAULT_TTL,
+    now: datetime | None = None,
+) -> list[str]:
+    """Re-sign (next sequence, same releases) every state with less than half its life
+    left; they are published again. Returns the device ids."""
+    at = now or _now()
+    renewed = []
+    with session(engine) as db:
+        for current in db.exec(select(DesiredRecord)).all():
+            lifetime = current.expires - current.issued_at
+            if current.expires - at > lifetime * RENEW_WHEN_LEFT:
+                continue
+            record = _signed_record(
+                current.device_id, current.sequence + 1, current.models, key, ttl, at
+            )
+            db.delete(current)
+            db.flush()
+            db.add(record)
+            renewed.append(record.device_id)
+    if renewed:
+        log.info("re-signed desired state of %d devices before it expires", len(renewed))
+    return renewed

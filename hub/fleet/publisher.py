@@ -1,0 +1,96 @@
+"""Puts signed desired state on the broker: a retained QoS 1 message on each device's
+desired topic, so a device gets its newest state whenever it (re)connects.
+
+A state counts as published only once the broker acknowledged it (PUBACK); until then it
+stays pending in the database and the next round publishes it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import Engine
+
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
+from edge_agent.protocol import Envelope, SignedDesired, encode, topic_for
+from hub.fleet import desired
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class DesiredPublisher:
+    """A connected hub client; `publish_pending(engine)` is the periodic job."""
+
+    def __init__(
+        self, broker: BrokerAddress, tls: TlsFiles | None, client_id: str = "_hub-director"
+    ) -> None:
+        self.broker = broker
+        self._connected = threading.Event()
+        self.client: Client = new_client(client_id, tls=tls, use_tls=broker.tls)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def start(self) -> None:
+        connect_persistent(self.client, self.broker, keepalive_s=30, session_expiry_s=0)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def _on_connect(
+        self,
+        _client: Client,
+        _userdata: Any,
+        _flags: ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("desired-state publisher: the broker refused us: %s", reason_code)
+            return
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        _client: Client,
+        _userdata: Any,
+        _flags: DisconnectFlags,
+        _reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+
+    def publish(self, signed_json: str, device_id: str) -> bool:
+        """Publish one signed state, retained; True once the broker acknowledged it."""
+        if not self._connected.is_set():
+            return False
+        envelope = Envelope.of(SignedDesired.model_validate_json(signed_json), device_id=device_id)
+        info = self.client.publish(topic_for(envelope), encode(envelope), qos=1, retain=True)
+        try:
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # disconnected meanwhile, or queue full
+            log.warning("desired state for %s not published: %s", device_id, exc)
+            return False
+        return info.is_published()
+
+    def publish_pending(self, engine: Engine) -> int:
+        """Publish every unpublished state; the number the broker acknowledged."""
+        done = 0
+        for record in desired.pending(engine):
+            if not self.publish(record.signed, record.device_id):
+                break  # not connected: the next round tries again
+            desired.mark_published(engine, record.device_id, record.sequence)
+            done += 1
+        if done:
+            log.info("published desired state for %d devices", done)
+        return done

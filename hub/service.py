@@ -1,0 +1,174 @@
+"""A running hub: the broker, the ingest worker, the desired-state publisher and the timed
+jobs, started in order and stopped in reverse. `edge-hub serve` runs this beside the HTTP
+server (artifacts and enrollment).
+
+    broker           Mosquitto as a child process (managed), or the configured external one
+    ingest           one worker on the shared subscriptions: reports into the database
+    publisher        signed desired state, retained, on each device's topic
+    jobs             metadata refresh; desired state published and renewed; the fleet
+                     watched: a revocation (a newly revoked certificate) restarts the broker so the
+                     device's open connection ends too, and new group membership rewrites
+                     the broker's ACL
+
+Commands in other processes (`edge-hub device revoke`, `group add`) change the files and
+the database only; the jobs here carry the change to the broker within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from edge_agent.mqtt import BrokerAddress, TlsFiles
+from hub import db
+from hub.broker.mosquitto import ManagedMosquitto, managed_broker
+from hub.config import HubConfig
+from hub.fleet import desired, registry
+from hub.fleet.authority import FleetAuthority
+from hub.fleet.publisher import DesiredPublisher
+from hub.ingest.consumer import IngestConsumer, IngestSettings
+from hub.registry.repository import ReleaseRepository
+from hub.scheduler import refresh_once
+
+log = logging.getLogger(__name__)
+
+FLEET_JOB_SECONDS = 2.0
+CONNECT_TIMEOUT_S = 15.0
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(files.ca_file) if files.ca_file else None)
+    if files.cert_file is not None:
+        context.load_cert_chain(
+            str(files.cert_file), str(files.key_file) if files.key_file else None
+        )
+    return context
+
+
+@dataclass
+class HubService:
+    config: HubConfig
+    repository: ReleaseRepository
+    engine: Engine = field(init=False)
+    authority: FleetAuthority = field(init=False)
+    broker: ManagedMosquitto | None = field(default=None, init=False)
+    ingest: IngestConsumer | None = field(default=None, init=False)
+    publisher: DesiredPublisher | None = field(default=None, init=False)
+    scheduler: BackgroundScheduler | None = field(default=None, init=False)
+    _revoked: list[int] = field(default_factory=list, init=False)
+    _groups: dict[str, list[str]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = db.make_engine(self.config.database_url)
+        self.authority = FleetAuthority(self.config)
+
+    def start(self) -> None:
+        """Start every part; on any failure what was started is stopped again."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        db.migrate(self.engine)
+        self.authority.director.private_key()  # made now, not at the first enrollment
+        ca = self.authority.ca
+        address = BrokerAddress.parse(self.config.broker.hub_url)
+        if self.config.broker.mode == "managed":
+            self._groups = self._device_groups()
+            self.broker = managed_broker(self.config, ca, self._groups)
+            self.broker.start()
+            self._revoked = ca.revoked_serials()
+        tls = ca.hub_client_files().client()
+        self.ingest = IngestConsumer(
+            self.engine,
+            IngestSettings(
+                host=address.host,
+                port=address.port,
+                client_id="_hub-ingest",
+                tls=client_context(tls) if address.tls else None,
+            ),
+        )
+        self.ingest.start(CONNECT_TIMEOUT_S)
+        self.publisher = DesiredPublisher(address, tls)
+        self.publisher.start()
+        if not self.publisher.wait_connected(CONNECT_TIMEOUT_S):
+            log.warning("the desired-state publisher is not connected yet; it keeps trying")
+        self.scheduler = self._jobs()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        self.engine.dispose()
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _jobs(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        root, keys = self.repository.root, self.repository.keys_dir
+        scheduler.add_job(
+            refresh_once,
+            "interval",
+            args=[lambda: ReleaseRepository.open(root, keys)],
+            seconds=self.config.repository.refresh_interval_seconds,
+            next_run_time=datetime.now(UTC),
+            id="refresh-metadata",
+        )
+        scheduler.add_job(
+            self.desired_round,
+            "interval",
+            seconds=FLEET_JOB_SECONDS,
+            next_run_time=datetime.now(UTC),
+            id="desired-state",
+        )
+        if self.broker is not None:
+            scheduler.add_job(
+                self.watch_fleet, "interval", seconds=FLEET_JOB_SECONDS, id="watch-fleet"
+            )
+        return scheduler
+
+    def desired_round(self) -> int:
+        """Renew states that will soon expire, then publish what the broker lacks."""
+        desired.renew_expiring(self.engine, self.authority.director.private_key())
+        return self.publisher.publish_pending(self.engine) if self.publisher else 0
+
+    def watch_fleet(self) -> None:
+        """Carry revocations and group changes made by other processes to the broker."""
+        if self.broker is None:
+            return
+        revoked = self.authority.ca.revoked_serials()
+        if revoked != self._revoked:
+            log.info("a certificate was revoked: restarting the broker to cut the device off")
+            self._revoked = revoked
+            self.broker.restart()
+        groups = self._device_groups()
+        if groups != self._groups:
+            self._groups = groups
+            self.broker.set_device_groups(groups)
+
+    def _device_groups(self) -> dict[str, list[str]]:
+        return {
+            d.id: [d.group]
+            for d in registry.list_devices(self.engine)
+            if d.group is not None and d.revoked_at is None
+        }
