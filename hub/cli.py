@@ -13,6 +13,7 @@ import typer
 from edge_agent import __version__
 from edge_agent.program import Program
 from hub.config import HubConfig, load_config
+from hub.telemetry.cli import app as telemetry_app
 
 if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
     from sqlalchemy import Engine
@@ -38,6 +39,7 @@ app.add_typer(repo_app, name="repo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(device_app, name="device")
 app.add_typer(group_app, name="group")
+app.add_typer(telemetry_app, name="telemetry")
 
 RepoOption = Annotated[
     Path | None,

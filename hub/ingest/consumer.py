@@ -16,11 +16,10 @@ counted, and acknowledged: redelivering it would never make it acceptable.
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from edge_agent.protocol.errors import MessageError
-from edge_agent.protocol.messages import DEVICE_TOPIC_OF, Envelope, MessageKind, decode
+from edge_agent.protocol.messages import Envelope, MessageKind, decode
 from edge_agent.protocol.topics import HUB_INGEST_FILTERS
 from hub.ingest.store import now, store
 
@@ -42,7 +41,12 @@ log = logging.getLogger(__name__)
 
 # Kinds that devices send to the hub; anything else on the ingest topics is refused.
 INGESTED_KINDS = frozenset(
-    {MessageKind.REPORTED_STATE, MessageKind.HEARTBEAT, MessageKind.INSTALL_EVENT}
+    {
+        MessageKind.REPORTED_STATE,
+        MessageKind.HEARTBEAT,
+        MessageKind.INSTALL_EVENT,
+        MessageKind.TELEMETRY,  # anonymous: decode() checked it names no device
+    }
 )
 UNSTORABLE = "Unstorable"  # the database refused the message on its own (counted, acked)
 _RETRY_MAX_S = 5.0
@@ -88,7 +92,12 @@ class IngestConsumer:
         self.engine = engine
         self.settings = settings
         self.stats = IngestStats()
-        self._queue: queue.Queue[_Delivery] = queue.Queue()
+        # Deliveries from the network thread to the worker. A deque and two events rather
+        # than a queue.Queue: the worker then wakes once per batch, not once per message
+        # (with the GIL, each wake-up costs the network thread as much as the message).
+        self._inbox: deque[_Delivery] = deque()
+        self._arrived = threading.Event()  # the inbox stopped being empty
+        self._full = threading.Event()  # the inbox holds a whole batch
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -217,7 +226,12 @@ class IngestConsumer:
         with self._lock:
             generation = self._generation
             self._pending += 1
-        self._queue.put(_Delivery(message, generation))
+        self._inbox.append(_Delivery(message, generation))
+        waiting = len(self._inbox)
+        if waiting == 1:
+            self._arrived.set()
+        if waiting == self.settings.batch_max:
+            self._full.set()
 
     # -- the worker --------------------------------------------------------------------
 
@@ -234,18 +248,22 @@ class IngestConsumer:
                 return
 
     def _collect(self) -> list[_Delivery]:
-        try:
-            first = self._queue.get(timeout=0.05)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.settings.batch_window_s
+        """Up to `batch_max` deliveries: what arrived within `batch_window_s` of the first."""
+        # Each event is cleared, then the inbox checked again: the network thread sets it
+        # on a change it makes after the check, so no wake-up is lost.
+        if not self._inbox:
+            self._arrived.clear()
+            if not self._inbox and not self._arrived.wait(0.05):
+                return []
+        if len(self._inbox) < self.settings.batch_max:
+            self._full.clear()
+            if len(self._inbox) < self.settings.batch_max:
+                self._full.wait(self.settings.batch_window_s)
+        batch: list[_Delivery] = []
         while len(batch) < self.settings.batch_max:
-            remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else None
-                batch.append(item if item is not None else self._queue.get_nowait())
-            except queue.Empty:
+                batch.append(self._inbox.popleft())
+            except IndexError:
                 break
         return batch
 
@@ -267,7 +285,7 @@ class IngestConsumer:
     def _accept(self, message: MQTTMessage) -> Envelope | None:
         try:
             envelope = decode(message.topic, bytes(message.payload))
-            if envelope.kind not in INGESTED_KINDS or envelope.kind not in DEVICE_TOPIC_OF:
+            if envelope.kind not in INGESTED_KINDS:
                 raise MessageError(f"a {envelope.kind} message is not for the hub's ingest")
         except MessageError as exc:
             reason = type(exc).__name__

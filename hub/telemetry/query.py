@@ -1,0 +1,295 @@
+"""The one query interface to telemetry: the health of model releases over time, shown only
+where at least k devices stand behind the numbers.
+
+`release_health` answers per (release, time bucket): error rate, latency percentiles from the
+fixed histograms, tokens per second, the crash rate of the devices that ran the release, and
+update outcomes. A cell backed by fewer than k distinct pseudonyms is suppressed: it says so
+and carries no numbers, not even how many devices it has.
+
+Cells are aligned UTC hours or days, and `since` is rounded down to a cell boundary, so two
+queries can never differ by a slice of a cell (which could isolate fewer than k devices).
+What k-anonymity per cell cannot stop is differencing across bucket sizes (a day minus its
+shown hours); the devices' own coarsening and noise (`dp_epsilon`) are the answer to that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from packaging.version import Version
+from sqlalchemy import Engine, RowMapping, and_, distinct, func, select
+
+from hub.telemetry.models import (
+    COUNTERS,
+    ERROR_COLUMNS,
+    HISTOGRAMS,
+    OUTCOME_COLUMNS,
+    TELEMETRY,
+    Histogram,
+)
+
+__all__ = [
+    "DEFAULT_K",
+    "MIN_K",
+    "Bucket",
+    "HealthCell",
+    "HealthMetrics",
+    "Percentiles",
+    "TelemetryQueryError",
+    "percentile",
+    "release_health",
+]
+
+DEFAULT_K = 5
+MIN_K = 2  # k = 1 would show one device's usage
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+_AGENT_COUNTERS = ("restarts", "crashes")  # only in the agent's report (model None)
+_RELEASE_COUNTERS = tuple(name for name in COUNTERS if name not in _AGENT_COUNTERS)
+
+
+class TelemetryQueryError(ValueError):
+    """A query the telemetry interface will not answer (the message says why)."""
+
+
+class Bucket(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+
+    @property
+    def hours(self) -> int:
+        return 24 if self is Bucket.DAY else 1
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Percentiles of a histogram, in `unit`; None where it is empty. A percentile in the
+    open last cell is that cell's lower edge: all the histogram knows is "at least"."""
+
+    unit: str
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class HealthMetrics:
+    devices: int  # distinct pseudonyms (>= k)
+    reports: int
+    device_hours: float  # the windows these reports cover, added up
+    requests: int
+    tokens_in: int
+    tokens_out: int
+    errors: int
+    error_rate: float | None  # errors per request; None without requests
+    errors_by_class: dict[str, int]
+    rejections: int  # requests refused because the queue was full
+    ttft: Percentiles
+    per_token: Percentiles
+    tokens_per_second: float | None  # at the median per-token latency
+    load: Percentiles
+    peak_memory: Percentiles
+    # Of the agents that served this release in the same windows (an agent-wide count).
+    crashes: int
+    restarts: int
+    crashes_per_device_hour: float | None
+    update_outcomes: dict[str, int]
+    histograms: dict[str, list[int]] = field(repr=False)
+    # The largest (weakest) differential-privacy epsilon among the reports; None: no noise.
+    dp_epsilon: float | None
+
+
+@dataclass(frozen=True)
+class HealthCell:
+    model: str
+    version: str
+    bucket: Bucket
+    start: datetime  # UTC, aligned to the bucket
+    k: int
+    metrics: HealthMetrics | None  # None: suppressed (fewer than k devices)
+
+    @property
+    def suppressed(self) -> bool:
+        return self.metrics is None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "bucket": str(self.bucket),
+            "start": self.start.isoformat(),
+            "k": self.k,
+            "suppressed": self.suppressed,
+        }
+        if self.metrics is not None:
+            data["metrics"] = asdict(self.metrics)
+        return data
+
+
+def percentile(counts: Sequence[int], edges: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0 < q <= 1) of a histogram whose cell i holds edges[i-1] <= v <
+    edges[i] (from 0 in the first cell), interpolating linearly inside a cell."""
+    if len(counts) != len(edges) + 1:
+        raise ValueError(f"{len(counts)} cells do not fit {len(edges)} edges")
+    if not 0 < q <= 1:
+        raise ValueError(f"quantile {q} is not within (0, 1]")
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    below = 0
+    for i, count in enumerate(counts):
+        if count and below + count >= rank:
+            lower = float(edges[i - 1]) if i else 0.0
+            if i == len(edges):
+                return lower
+            return lower + (float(edges[i]) - lower) * (rank - below) / count
+        below += count
+    return float(edges[-1])  # pragma: no cover (rank <= total)
+
+
+def _percentiles(histogram: Histogram, counts: Sequence[int]) -> Percentiles:
+    values = {name: percentile(counts, histogram.edges, q) for name, q in QUANTILES.items()}
+    return Percentiles(unit=histogram.unit, **values)
+
+
+def _check(k: int, since: datetime | None) -> None:
+    if k < MIN_K:
+        raise TelemetryQueryError(
+            f"k = {k} would show fewer than {MIN_K} devices' usage: k must be at least {MIN_K}"
+        )
+    if since is not None and since.utcoffset() is None:
+        raise TelemetryQueryError(f"since {since.isoformat()} must carry a time zone (UTC)")
+
+
+def _first_hour(since: datetime, bucket: Bucket) -> int:
+    """The first hour (since the epoch) of the cell that holds `since`."""
+    hour = math.floor(since.timestamp() / 3600)
+    return hour - hour % bucket.hours
+
+
+def _summed_columns() -> list[str]:
+    return [
+        *_RELEASE_COUNTERS,
+        *ERROR_COLUMNS.values(),
+        *OUTCOME_COLUMNS.values(),
+        *(name for histogram in HISTOGRAMS for name in histogram.columns),
+    ]
+
+
+def release_health(
+    engine: Engine,
+    model: str,
+    version: str | None = None,
+    since: datetime | None = None,
+    bucket: Bucket | str = Bucket.HOUR,
+    k: int = DEFAULT_K,
+) -> list[HealthCell]:
+    """Cells of `model` (one release, or each of its releases), oldest first per release,
+    from the cell holding `since` on; those behind fewer than `k` devices suppressed."""
+    try:
+        bucket = Bucket(bucket)
+    except ValueError:
+        raise TelemetryQueryError(f"bucket {bucket!r}: choose hour or day") from None
+    _check(k, since)
+    t = TELEMETRY
+    # The agent's own report (restarts, crashes) of the same device and window: a crash is
+    # counted against every release the device reported in that window.
+    agent = (
+        select(
+            t.c.pseudonym,
+            t.c.window_start,
+            *(func.sum(t.c[name]).label(name) for name in _AGENT_COUNTERS),
+        )
+        .where(t.c.model.is_(None))
+        .group_by(t.c.pseudonym, t.c.window_start)
+        .subquery("agent")
+    )
+    conditions = [t.c.model == model]
+    if version is not None:
+        conditions.append(t.c.version == version)
+    if since is not None:
+        conditions.append(t.c.window_hour >= _first_hour(since, bucket))
+    summed = _summed_columns()
+    # The cell is computed in a subquery and grouped on outside: grouping by an expression
+    # with a bound parameter fails on PostgreSQL (the SELECT's copy is another parameter).
+    rows = (
+        select(
+            t.c.version,
+            t.c.pseudonym,
+            t.c.window_seconds,
+            t.c.dp_epsilon,
+            (t.c.window_hour // bucket.hours).label("cell"),
+            *(t.c[name] for name in summed),
+            *(func.coalesce(agent.c[name], 0).label(name) for name in _AGENT_COUNTERS),
+        )
+        .select_from(
+            t.outerjoin(
+                agent,
+                and_(agent.c.pseudonym == t.c.pseudonym, agent.c.window_start == t.c.window_start),
+            )
+        )
+        .where(*conditions)
+        .subquery("rows")
+    )
+    statement = select(
+        rows.c.version,
+        rows.c.cell,
+        func.count(distinct(rows.c.pseudonym)).label("devices"),
+        func.count().label("reports"),
+        func.sum(rows.c.window_seconds).label("seconds"),
+        func.max(rows.c.dp_epsilon).label("dp_epsilon"),
+        *(func.sum(rows.c[name]).label(name) for name in [*summed, *_AGENT_COUNTERS]),
+    ).group_by(rows.c.version, rows.c.cell)
+    with engine.connect() as connection:
+        results = connection.execute(statement).mappings().all()
+    cells = [_cell(model, bucket, k, result) for result in results]
+    return sorted(cells, key=lambda c: (Version(c.version), c.start))
+
+
+def _cell(model: str, bucket: Bucket, k: int, row: RowMapping) -> HealthCell:
+    start = datetime.fromtimestamp(int(row["cell"]) * bucket.hours * 3600, UTC)
+    devices = int(row["devices"])
+    metrics = _metrics(row, devices) if devices >= k else None
+    return HealthCell(model, str(row["version"]), bucket, start, k, metrics)
+
+
+def _metrics(row: RowMapping, devices: int) -> HealthMetrics:
+    # PostgreSQL sums BIGINT as NUMERIC: int() makes every backend's answer the same.
+    def total(name: str) -> int:
+        return int(row[name] or 0)
+
+    histograms = {h.name: [total(c) for c in h.columns] for h in HISTOGRAMS}
+    by_name = {h.name: _percentiles(h, histograms[h.name]) for h in HISTOGRAMS}
+    errors_by_class = {str(c): total(column) for c, column in ERROR_COLUMNS.items()}
+    errors, requests = sum(errors_by_class.values()), total("requests")
+    device_hours = total("seconds") / 3600
+    per_token_p50 = by_name["per_token"].p50
+    epsilon = row["dp_epsilon"]
+    return HealthMetrics(
+        devices=devices,
+        reports=int(row["reports"]),
+        device_hours=device_hours,
+        requests=requests,
+        tokens_in=total("tokens_in"),
+        tokens_out=total("tokens_out"),
+        errors=errors,
+        error_rate=errors / requests if requests else None,
+        errors_by_class=errors_by_class,
+        rejections=total("rejections"),
+        ttft=by_name["ttft"],
+        per_token=by_name["per_token"],
+        tokens_per_second=1 / per_token_p50 if per_token_p50 else None,
+        load=by_name["load"],
+        peak_memory=by_name["peak_memory"],
+        crashes=total("crashes"),
+        restarts=total("restarts"),
+        crashes_per_device_hour=total("crashes") / device_hours if device_hours else None,
+        update_outcomes={str(o): total(column) for o, column in OUTCOME_COLUMNS.items()},
+        histograms=histograms,
+        dp_epsilon=None if epsilon is None else float(epsilon),
+    )
