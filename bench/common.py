@@ -168,3 +168,29 @@ def wait_ready(server: Server, poll_s: float = 0.01) -> tuple[float, dict[str, A
     raise RuntimeError(
         f"edge-agent serve not ready after {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}"
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far; 0.0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (e.g. a server's per-connection backends)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
