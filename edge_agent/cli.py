@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,11 +13,13 @@ import typer
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
-from edge_agent.program import Program
+from edge_agent.program import Program, serve_http
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
     from edge_agent.sync.service import SyncService
+    from edge_agent.telemetry.collector import Collector
+    from edge_agent.telemetry.factory import Telemetry
     from edge_agent.updates.manager import Outcome, UpdateManager
     from edge_agent.updates.source import ReleaseSource
 
@@ -44,11 +47,12 @@ def _model(name_or_path: str | None) -> ModelRef:
         fail(str(exc), 2)
 
 
-def _service(ref: ModelRef) -> ModelService:
+def _service(ref: ModelRef, telemetry: Telemetry | None = None) -> ModelService:
     from edge_agent.runtime import RuntimeSettings, SchedulerLimits
     from edge_agent.runtime.service import ModelService
 
     rt = _config().runtime
+    loaded, failed = _load_hooks(telemetry.collector) if telemetry is not None else (None, None)
     return ModelService(
         ref.name,
         ref.path,
@@ -62,7 +66,30 @@ def _service(ref: ModelRef) -> ModelService:
             default_max_tokens=rt.default_max_tokens,
             retry_after_seconds=_config().api.retry_after_seconds,
         ),
+        on_loaded=loaded,
+        on_load_failed=failed,
     )
+
+
+def _load_hooks(
+    collector: Collector,
+) -> tuple[Callable[[ModelService], None], Callable[[ModelService], None]]:
+    """Telemetry of model loads: time and peak memory, or a load error, per release."""
+    from edge_agent.protocol.telemetry import ErrorClass
+    from edge_agent.runtime.memory import peak_resident_mib
+
+    def loaded(service: ModelService) -> None:
+        if service.release is not None and service.model is not None:
+            collector.record_load(
+                *service.release,
+                seconds=service.model.load_seconds,
+                peak_memory_mib=peak_resident_mib(),
+            )
+
+    def failed(service: ModelService) -> None:
+        collector.record_error(ErrorClass.MODEL_LOAD, *(service.release or (None, None)))
+
+    return loaded, failed
 
 
 def _finish_interrupted_update() -> None:
@@ -90,9 +117,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model on the local OpenAI-compatible API."""
-    import uvicorn
-
     from edge_agent.api import create_app
+    from edge_agent.api.usage import UsageRecorder
     from edge_agent.runtime import inspect_model_folder
     from edge_agent.runtime.errors import ModelFolderError
     from edge_agent.runtime.memory import tune_allocator
@@ -110,8 +136,11 @@ def serve(
     api = config.api
     bind_host = host or api.host
     bind_port = api.port if port is None else port
-    service = _service(ref)
-    application = create_app(api, [service])
+    sync = _start_sync()
+    telemetry = _start_telemetry(sync)
+    service = _service(ref, telemetry)
+    usage = UsageRecorder(telemetry.collector if telemetry else None)
+    application = create_app(api, [service], usage=usage)
     if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
         from edge_agent.runtime.swap import ActiveWatcher
         from edge_agent.updates.machine import Phase, StateFile
@@ -120,11 +149,10 @@ def serve(
         ActiveWatcher(
             application.state.services,
             ref.name,
-            lambda: _service(ref),
+            lambda: _service(ref, telemetry),
             config.updates.watch_interval_seconds,
             settled=lambda: updates.load().phase is Phase.IDLE,
         ).start()
-    sync = _start_sync()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
     typer.echo(
@@ -133,8 +161,10 @@ def serve(
         err=True,
     )
     try:
-        uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+        serve_http(application, bind_host, bind_port)
     finally:
+        if telemetry is not None:
+            telemetry.stop()  # the open window goes into the outbox before it closes
         if sync is not None:
             sync.stop()
 
@@ -154,6 +184,32 @@ def _start_sync() -> SyncService | None:
         fail(f"fleet sync cannot start: {exc}")
     typer.echo(f"  fleet sync: device {settings.device_id}, broker {settings.broker}", err=True)
     return service
+
+
+def _start_telemetry(sync: SyncService | None) -> Telemetry | None:
+    """Anonymous telemetry per the config's policy; without a fleet link it is kept in the
+    local log only (there is nowhere to send it)."""
+    from edge_agent.telemetry import factory
+
+    config = _config()
+    settings = config.telemetry
+    if settings.policy == "off":
+        return None
+    if sync is None and settings.policy == "aggregate":
+        settings = settings.model_copy(update={"policy": "local-log"})
+    telemetry = factory.build(
+        settings,
+        data_dir=config.data_dir,
+        outbox=sync.outbox if sync is not None else None,
+        agent_version=__version__,
+        execution_provider=config.runtime.execution_provider,
+    )
+    telemetry.start()
+    if sync is not None:
+        sync.collector = telemetry.collector
+    shown = "aggregated, anonymous" if settings.policy == "aggregate" else "kept locally only"
+    typer.echo(f"  telemetry: {shown} (`edge-agent telemetry show` prints every byte)", err=True)
+    return telemetry
 
 
 @app.command()
@@ -446,6 +502,36 @@ def status() -> None:
         typer.echo("update: idle")
     else:
         typer.echo(f"update: {record.model} {record.version} {record.phase}")
+    typer.echo(f"telemetry: {_telemetry_policy()}")
+
+
+telemetry_app = typer.Typer(
+    help="Anonymous usage telemetry: what is collected and sent.", no_args_is_help=True
+)
+app.add_typer(telemetry_app, name="telemetry")
+
+
+@telemetry_app.command("show")
+def telemetry_show() -> None:
+    """Print every telemetry message this device sent or queued, byte for byte, decoded."""
+    from edge_agent.telemetry import factory
+
+    config = _config()
+    typer.echo(f"policy: {_telemetry_policy()}")
+    typer.echo(factory.show(config.telemetry, config.data_dir))
+
+
+def _telemetry_policy() -> str:
+    from edge_agent.sync.service import sync_settings
+
+    policy = _config().telemetry.policy
+    if policy == "aggregate" and sync_settings(_config()) is None:
+        return "aggregate, but kept locally only: this device is in no fleet"
+    return {
+        "off": "off: nothing is collected",
+        "aggregate": "aggregate: hourly counts and histograms, anonymous, sent to the hub",
+        "local-log": "local-log: collected and logged here, never sent",
+    }[policy]
 
 
 def main() -> None:

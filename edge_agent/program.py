@@ -7,7 +7,7 @@ callback's annotations, and the --version option is built per program at run tim
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Generic, NoReturn, TypeVar
+from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 
@@ -64,3 +64,31 @@ class Program(Generic[Config]):
     def fail(self, message: str, code: int = 1) -> NoReturn:
         typer.echo(f"{self.name}: error: {message}", err=True)
         raise typer.Exit(code)
+
+
+def serve_http(application: Any, host: str, port: int) -> None:
+    """Run uvicorn in the foreground until SIGINT or SIGTERM, then return normally.
+
+    uvicorn re-raises the signal it caught once it has shut down; with the default SIGTERM
+    action that kills the process before the caller's `finally` blocks run (the broker
+    child, the outbox, the telemetry window). A SIGTERM handler that exits instead lets
+    them run.
+    """
+    import signal
+    import sys
+
+    import uvicorn
+
+    def _exit(_signum: int, _frame: object) -> None:
+        sys.exit(0)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edge_agent import __version__
-from edge_agent.program import Program
+from edge_agent.program import Program, serve_http
 from hub.config import HubConfig, load_config
 from hub.telemetry.cli import app as telemetry_app
 
@@ -462,8 +462,6 @@ def serve(
 ) -> None:
     """Run the hub: the broker, ingest, desired state, and the HTTP server for releases
     and enrollment."""
-    import uvicorn
-
     from hub.artifacts.server import create_app
     from hub.broker import BrokerError
     from hub.fleet.enrollment import EnrollmentDesk, enrollment_route
@@ -496,9 +494,39 @@ def serve(
     where = "managed Mosquitto" if hub.broker is not None else "external broker"
     _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:
-        uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning")
+        serve_http(application, bind_host, bind_port)
     finally:
         hub.stop()
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="the demo's folder: its hub config, data and devices")
+    ] = Path("~/.local/share/edge-hub-demo"),
+    model: Annotated[
+        str, typer.Option(help="test model: small (SmolLM2-360M shape) or tiny (1 MB, fast)")
+    ] = "small",
+    devices: Annotated[int, typer.Option(help="how many demo devices")] = 2,
+    hub_port: Annotated[
+        int | None, typer.Option(help="the hub's HTTP port (default 8070 unless taken; 0: any)")
+    ] = None,
+    broker_port: Annotated[
+        int | None, typer.Option(help="the broker's port (default: any free port)")
+    ] = None,
+    agent_port: Annotated[
+        int | None,
+        typer.Option(help="the first device's API port, then +1 each (default 8080 unless taken)"),
+    ] = None,
+) -> None:
+    """Run the hub with a demo fleet (SQLite, a managed Mosquitto), all in one folder:
+    signed releases, enrolled devices, a rollout; until Ctrl-C."""
+    from hub.demo import DemoError, DemoOptions, run_demo
+
+    try:
+        run_demo(DemoOptions(folder, model, devices, hub_port, broker_port, agent_port))
+    except DemoError as exc:
+        fail(str(exc))
 
 
 def _say(text: str) -> None:

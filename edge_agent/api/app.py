@@ -17,13 +17,22 @@ from edge_agent.api.generation import ChatShape, Generation, TextShape
 from edge_agent.api.limits import BodySizeLimit
 from edge_agent.api.metrics import Metrics
 from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
+from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
 from edge_agent.runtime import ChatMessage, InvalidRequest
 from edge_agent.runtime.service import ModelService
 
 
-def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool = True) -> FastAPI:
-    """Build the app. With `load`, models load in the background once the server starts."""
+def create_app(
+    api: ApiConfig,
+    services: Sequence[ModelService],
+    *,
+    load: bool = True,
+    usage: UsageRecorder | None = None,
+) -> FastAPI:
+    """Build the app. With `load`, models load in the background once the server starts.
+    `usage` hands request timings and counts to anonymous telemetry (none: off)."""
+    usage = usage or UsageRecorder()
     by_name = {service.name: service for service in services}
     arrivals = Arrivals()
     for service in services:
@@ -46,7 +55,7 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
     app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=api.max_request_bytes)
     app.add_middleware(ArrivalCounter, arrivals=arrivals)  # outermost: counts from the start
-    install_handlers(app)
+    install_handlers(app, usage.refused)
     app.state.metrics = metrics
     app.state.services = by_name
 
@@ -108,7 +117,9 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
         model, _ = service.require()
         messages = [ChatMessage(m.role, m.text()) for m in body.messages]
         prompt_ids = model.encode(model.chat_prompt(messages))
-        gen = Generation(service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals)
+        gen = Generation(
+            service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals, usage
+        )
         if body.stream:
             return gen.stream(body.include_usage)
         return await gen.respond()
@@ -132,7 +143,7 @@ def create_app(api: ApiConfig, services: Sequence[ModelService], *, load: bool =
         if not prompt_ids:
             raise InvalidRequest("prompt", "the prompt is empty")
         gen = Generation(
-            service, "completions", prompt_ids, params, metrics, TextShape, request, arrivals
+            service, "completions", prompt_ids, params, metrics, TextShape, request, arrivals, usage
         )
         if body.stream:
             return gen.stream(body.include_usage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +98,9 @@ def _is_branch(part: str) -> bool:
     )
 
 
-def install_handlers(app: FastAPI) -> None:
+def install_handlers(app: FastAPI, on_runtime_error: Callable[[Exception], None]) -> None:
+    """`on_runtime_error` sees every runtime error answered here (telemetry counts them)."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
@@ -115,4 +118,5 @@ def install_handlers(app: FastAPI) -> None:
 
         @app.exception_handler(kind)
         async def _runtime(_request: Request, exc: Exception) -> JSONResponse:
+            on_runtime_error(exc)
             return from_runtime(exc).response()

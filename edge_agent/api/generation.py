@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from edge_agent.api.arrivals import Arrivals
 from edge_agent.api.errors import ApiError, sse_error
 from edge_agent.api.metrics import Metrics
-from edge_agent.runtime import Finished, FinishReason, SamplingParams, Submission, TextDelta
+from edge_agent.api.usage import UsageRecorder
+from edge_agent.runtime import (
+    Finished,
+    FinishReason,
+    Overloaded,
+    SamplingParams,
+    Submission,
+    TextDelta,
+)
 from edge_agent.runtime.service import ModelService
 from edge_agent.runtime.sinks import AsyncSink
 
@@ -46,6 +54,7 @@ class Generation:
     shape: Callable[[str, str, int], Shape]  # (id, model name, created) -> Shape
     request: Request
     arrivals: Arrivals
+    recorder: UsageRecorder  # anonymous telemetry
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -56,7 +65,11 @@ class Generation:
     def start(self) -> tuple[Submission, AsyncSink]:
         sink = AsyncSink()
         self.arrivals.end(self.request.scope)  # it reaches the scheduler now
-        return self.service.submit(self.prompt_ids, self.params, sink), sink
+        try:
+            return self.service.submit(self.prompt_ids, self.params, sink), sink
+        except Overloaded:
+            self.recorder.rejected(self.service)
+            raise
 
     def _observe_delta(self) -> None:
         if self.first_token_at is None:
@@ -72,6 +85,7 @@ class Generation:
         if self.first_token_at is not None and done.completion_tokens > 1:
             per_token = (now - self.first_token_at) / (done.completion_tokens - 1)
             self.metrics.token_seconds.observe(per_token)
+        self.recorder.finished(self.service, done, self.started, self.first_token_at, now)
 
     def usage(self, done: Finished) -> dict[str, int]:
         return {

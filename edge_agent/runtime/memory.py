@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 M_ARENA_MAX = -8
@@ -51,3 +52,15 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident memory (VmHWM), in MiB; 0 where /proc is missing."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

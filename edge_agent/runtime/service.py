@@ -12,6 +12,7 @@ from edge_agent.runtime.errors import NotReady
 from edge_agent.runtime.memory import release_free_memory
 from edge_agent.runtime.sampling import SamplingParams
 from edge_agent.runtime.scheduler import Finished, Scheduler, SchedulerLimits, Sink, Submission
+from edge_agent.store.store import release_of
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,16 @@ class ModelService:
         limits: SchedulerLimits,
         *,
         on_finish: Callable[[Submission, Finished], None] | None = None,
+        on_loaded: Callable[[ModelService], None] | None = None,
+        on_load_failed: Callable[[ModelService], None] | None = None,
     ) -> None:
         self.name = name
         self.path = path
         self.settings = settings
         self.limits = limits
         self._on_finish = on_finish
+        self._on_loaded = on_loaded
+        self._on_load_failed = on_load_failed
         self.arrivals: Callable[[], int] | None = None  # set by a server that counts them
         self.model: LoadedModel | None = None
         self.loaded_from: Path | None = None  # the folder behind `path` when it loaded
@@ -50,8 +55,18 @@ class ModelService:
         except Exception as exc:
             self.error = exc
             log.error("model %s failed to load: %s", self.name, exc)
+            if self._on_load_failed is not None:
+                self._on_load_failed(self)
+        else:
+            if self._on_loaded is not None:
+                self._on_loaded(self)
         finally:
             self._loaded.set()
+
+    @property
+    def release(self) -> tuple[str, str] | None:
+        """(model, version) when the folder is an installed release, else None."""
+        return release_of(self.loaded_from or self.path.resolve())
 
     def _arrivals(self) -> int:
         return self.arrivals() if self.arrivals is not None else 0

@@ -61,6 +61,15 @@ class _Located:
     size: int
 
 
+def release_of(folder: Path) -> tuple[str, str] | None:
+    """(model, version) of an installed version's folder, `<root>/models/<model>/versions/
+    <version>`; None for a folder the store did not install."""
+    parts = folder.parts
+    if len(parts) >= 4 and parts[-2] == "versions" and parts[-4] == "models":
+        return parts[-3], parts[-1]
+    return None
+
+
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.config import AgentConfig
 from edge_agent.mqtt import BrokerAddress, TlsFiles
 from edge_agent.protocol import DesiredState, Envelope, ModelReport, ReportedState
+from edge_agent.protocol.telemetry import UpdateOutcome
 from edge_agent.store import ModelStore
 from edge_agent.sync.identity import Identity
 from edge_agent.sync.jobs import JobIntervals, build_scheduler, heartbeat_job
@@ -33,6 +34,7 @@ from edge_agent.sync.link import Link, enqueue
 from edge_agent.sync.orchestrate import DesiredApplier
 from edge_agent.sync.outbox import Outbox
 from edge_agent.sync.state import load_director_keys
+from edge_agent.telemetry.collector import Collector
 from edge_agent.updates.errors import UpdateError
 from edge_agent.updates.manager import UpdateManager
 
@@ -99,6 +101,7 @@ class SyncService:
             max_messages=sync.outbox_max_messages,
             max_bytes=sync.outbox_max_bytes,
         )
+        self.collector: Collector | None = None  # telemetry: update outcomes by release
         self._install_lock = threading.Lock()  # desired state and the retry job, one at a time
         self._last_desired: DesiredState | None = None
         self.link = Link(
@@ -201,11 +204,21 @@ class SyncService:
         base, fetcher = fetcher_for(
             source, self.settings.update_token, self.config.updates.bandwidth_bytes_per_second
         )
-        with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:
-            outcome = self.manager.update(releases, model, version)
-        if outcome.version != version:
+        try:
+            with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:
+                outcome = self.manager.update(releases, model, version)
+        except Exception:
+            self._count_outcome(model, version, UpdateOutcome.FAILED)
+            raise
+        if outcome.version != version:  # unhealthy: the previous version runs again
+            self._count_outcome(model, version, UpdateOutcome.ROLLED_BACK)
             raise UpdateError(f"{model} {version} was not installed: {outcome.message}")
+        self._count_outcome(model, version, UpdateOutcome.SUCCEEDED)
         return outcome.version
+
+    def _count_outcome(self, model: str, version: str, outcome: UpdateOutcome) -> None:
+        if self.collector is not None:
+            self.collector.record_update_outcome(model, version, outcome)
 
     def retry_desired(self) -> None:
         """The update-check job: install again what the last desired state asks for and is

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from apscheduler.schedulers.background import BackgroundScheduler
+
 from edge_agent.config import TelemetryConfig
 from edge_agent.sync.outbox import Outbox
 from edge_agent.telemetry.collector import Collector
@@ -42,14 +44,30 @@ class Telemetry:
     collector: Collector
     publisher: Publisher
     marker: RunMarker
+    publish_interval_seconds: float = 60.0
+    _scheduler: BackgroundScheduler | None = None
 
     def start(self) -> None:
-        """At agent start: detect a crash of the previous run, count the restart."""
+        """At agent start: detect a crash of the previous run, count the restart, and
+        publish closed windows from now on."""
         crashed = self.marker.start()
         self.collector.record_restart(crashed=crashed)
+        self._scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self._scheduler.add_job(
+            self.publisher.publish_due,
+            "interval",
+            seconds=self.publish_interval_seconds,
+            id="telemetry-publish",
+        )
+        self._scheduler.start()
 
     def stop(self) -> None:
         """At a clean stop: hand on the open window too, then mark the stop clean."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
         self.publisher.publish_all()
         self.marker.stop()
 
@@ -81,4 +99,6 @@ def build(
         ),
         clock=clock,
     )
-    return Telemetry(collector, publisher, RunMarker(folder / "running"))
+    return Telemetry(
+        collector, publisher, RunMarker(folder / "running"), config.publish_interval_seconds
+    )

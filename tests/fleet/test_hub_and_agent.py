@@ -109,9 +109,12 @@ class Device:
 
     @property
     def env(self) -> dict[str, str]:
+        config = self.data.parent / "agent-none.toml"  # no user config leaks into the test
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.touch()
         return {
             **os.environ,
-            "EDGE_AGENT_CONFIG": str(self.data.parent / "agent-none.toml"),
+            "EDGE_AGENT_CONFIG": str(config),
             "EDGE_AGENT__STORE__DIR": str(self.data),
             "EDGE_AGENT__API__PORT": str(self.api_port),
             "EDGE_AGENT__UPDATES__WATCH_INTERVAL_SECONDS": "0.2",
@@ -120,7 +123,6 @@ class Device:
         }
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        (self.data.parent / "agent-none.toml").touch()
         return subprocess.run(
             [str(BIN / "edge-agent"), *args], env=self.env, capture_output=True, text=True,
             timeout=120,

@@ -1,0 +1,126 @@
+"""The canary: prompts carrying unique strings go through a real agent in a fleet, and every
+byte the agent sends is captured at the broker. No canary, no 8-character piece of one, no
+hash of one and no piece of a model's answer may appear in any of it, and every message
+must validate against the protocol (telemetry against its closed schema)."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+from paho.mqtt.client import MQTTMessage
+
+from edge_agent.protocol import TELEMETRY_TOPIC, MessageKind, TelemetryReport, decode
+from tests.conftest import free_port
+from tests.fleet.test_hub_and_agent import Device, wait_for
+from tests.mqtt_broker import MosquittoBroker, TestClient
+from tests.updates.conftest import Fleet, fleet
+
+__all__ = ["fleet"]
+
+DEVICE_ID = "dev-canary"
+PIECE = 8
+
+
+class FleetDevice(Device):
+    broker_port: int = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env,
+            "EDGE_AGENT__SYNC__BROKER_URL": f"mqtt://127.0.0.1:{self.broker_port}",
+            "EDGE_AGENT__SYNC__DEVICE_ID": DEVICE_ID,
+        }
+
+
+def forbidden(secret: str) -> set[str]:
+    """Every piece of `secret` at least PIECE characters long, and its usual hashes."""
+    pieces = {secret[i : i + PIECE] for i in range(len(secret) - PIECE + 1)}
+    digests = {hashlib.new(name, secret.encode()).hexdigest() for name in ("md5", "sha1", "sha256")}
+    return pieces | digests | {d[:16] for d in digests}
+
+
+def drain(capture: TestClient) -> list[MQTTMessage]:
+    messages = []
+    while True:
+        try:
+            messages.append(capture.messages.get_nowait())
+        except queue.Empty:
+            return messages
+
+
+def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.update()  # an installed release: telemetry is kept per release
+    broker = MosquittoBroker(tmp_path / "broker")
+    canaries = [f"CANARY{uuid.uuid4().hex.upper()}" for _ in range(6)]
+    answers: list[str] = []
+    with broker, TestClient(broker, "capture") as capture:
+        capture.subscribe("#")
+        device = FleetDevice(fleet.device, free_port())
+        device.broker_port = broker.port
+        try:
+            device.serve("tiny")
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{device.api_port}/v1", api_key="unused"
+            )
+            for number, canary in enumerate(canaries):
+                prompt = f"Summarise the file of patient {canary}, please."
+                if number % 2:
+                    chat = client.chat.completions.create(
+                        model="tiny",
+                        messages=[{"role": "user", "content": prompt}],
+                        max_tokens=12,
+                        user=canary,
+                    )
+                    answers.append(chat.choices[0].message.content or "")
+                else:
+                    stream = client.completions.create(
+                        model="tiny", prompt=prompt, max_tokens=12, stream=True
+                    )
+                    answers.append("".join(c.choices[0].text for c in stream if c.choices))
+            with pytest.raises(openai.NotFoundError):  # an error path that echoes the name
+                client.completions.create(model=canaries[0], prompt="x", max_tokens=2)
+        finally:
+            device.stop()  # a clean stop queues the open telemetry window
+        device.serve("tiny")  # ...and the link sends it once connected again
+        try:
+            wait_for(
+                lambda: any(m.topic == TELEMETRY_TOPIC for m in list(capture.messages.queue)),
+                f"telemetry at the broker\n{device.log()}",
+                60,
+            )
+            shown = device.cli("telemetry", "show").stdout
+        finally:
+            device.stop()
+        captured = drain(capture)
+
+    assert captured
+    kinds = set()
+    for message in captured:
+        wire = message.topic.encode() + message.payload
+        for secret in [*canaries, *(a for a in answers if len(a.strip()) >= PIECE)]:
+            for piece in forbidden(secret):
+                assert piece.encode() not in wire, f"{piece!r} leaked on {message.topic}"
+        envelope = decode(message.topic, bytes(message.payload))  # the protocol accepts it
+        kinds.add(envelope.kind)
+        if message.topic == TELEMETRY_TOPIC:
+            assert envelope.kind is MessageKind.TELEMETRY and envelope.device_id is None
+            assert isinstance(envelope.payload, TelemetryReport)
+            assert DEVICE_ID.encode() not in message.payload
+    assert MessageKind.TELEMETRY in kinds
+    reports = [decode(m.topic, bytes(m.payload)).payload for m in captured if m.topic == TELEMETRY_TOPIC]
+    served = [r for r in reports if isinstance(r, TelemetryReport) and r.model == "tiny"]
+    assert sum(r.requests for r in served) >= len(canaries)  # coarsened up, never down
+    assert all(c not in shown for c in canaries) and '"telemetry"' in shown
+
+
+def test_status_names_the_policy(tmp_path: Path) -> None:
+    device = Device(tmp_path / "device", 0)
+    assert "telemetry: aggregate, but kept locally only" in device.cli("status").stdout
+    device.data.parent.joinpath("agent-none.toml").write_text('[telemetry]\npolicy = "off"\n')
+    assert "telemetry: off: nothing is collected" in device.cli("status").stdout
