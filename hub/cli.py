@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -469,8 +468,6 @@ def serve(
 
     config = _config()
     repository = _open(repo, keys)
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per run otherwise
     hub = HubService(config, repository)
     try:
         hub.start()
