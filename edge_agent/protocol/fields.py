@@ -5,6 +5,7 @@ Validated with `fullmatch`: `re.match` with `$` would let a trailing newline thr
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from packaging.version import InvalidVersion, Version
@@ -14,6 +15,7 @@ from edge_agent.protocol.errors import shown
 from edge_agent.protocol.layout import MODEL_NAME, SHA256_HEX, VERSION_TEXT
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet reports few distinct versions, very often
 def _version(value: str) -> str:
     if not VERSION_TEXT.fullmatch(value):
         raise ValueError("versions are 1-64 of 0-9 A-Z a-z . + _ -")

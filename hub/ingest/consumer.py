@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -79,9 +79,15 @@ class IngestStats:
     refused: Counter[str] = field(default_factory=Counter)  # by reason (error class)
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    message: MQTTMessage
+class _Delivery(NamedTuple):
+    """What the worker needs of a message. Not the MQTTMessage itself: its MQTT 5 properties
+    are dozens of dicts and lists, which the garbage collector traversed again and again
+    while the message waited in the inbox (that cost more CPU than decoding it)."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
     generation: int  # the connection it arrived on: a packet id means nothing on another
 
 
@@ -103,7 +109,7 @@ class IngestConsumer:
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
         self._generation = 0
-        self._pending = 0  # received and not yet through _ingest
+        self._busy = False  # the worker holds a batch taken from the inbox
         self._worker: threading.Thread | None = None
         self.client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -168,9 +174,9 @@ class IngestConsumer:
         """True once nothing is queued or being stored (for tests and shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with self._lock:
-                if self._pending == 0:
-                    return True
+            # The inbox first: the worker sets _busy before it takes a batch out of it.
+            if not self._inbox and not self._busy:
+                return True
             time.sleep(0.01)
         return False
 
@@ -223,10 +229,12 @@ class IngestConsumer:
         self._subscribed.set()
 
     def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
-        with self._lock:
-            generation = self._generation
-            self._pending += 1
-        self._inbox.append(_Delivery(message, generation))
+        # The minimum, in the thread that also reads the socket. No lock: _generation changes
+        # only in _on_connect, on this same thread.
+        payload = bytes(message.payload)  # paho gives bytes: no copy
+        self._inbox.append(
+            _Delivery(message.topic, payload, message.mid, message.qos, self._generation)
+        )
         waiting = len(self._inbox)
         if waiting == 1:
             self._arrived.set()
@@ -238,14 +246,13 @@ class IngestConsumer:
     def _run(self) -> None:
         while True:
             batch = self._collect()
-            if batch:
-                try:
+            try:
+                if batch:
                     self._ingest(batch)
-                finally:
-                    with self._lock:
-                        self._pending -= len(batch)
-            elif self._stopping.is_set():
-                return
+                elif self._stopping.is_set():
+                    return
+            finally:
+                self._busy = False
 
     def _collect(self) -> list[_Delivery]:
         """Up to `batch_max` deliveries: what arrived within `batch_window_s` of the first."""
@@ -260,6 +267,7 @@ class IngestConsumer:
             if len(self._inbox) < self.settings.batch_max:
                 self._full.wait(self.settings.batch_window_s)
         batch: list[_Delivery] = []
+        self._busy = True
         while len(batch) < self.settings.batch_max:
             try:
                 batch.append(self._inbox.popleft())
@@ -270,7 +278,7 @@ class IngestConsumer:
     def _ingest(self, batch: list[_Delivery]) -> None:
         accepted: list[Envelope] = []
         for delivery in batch:
-            envelope = self._accept(delivery.message)
+            envelope = self._accept(delivery.topic, delivery.payload)
             if envelope is not None:
                 accepted.append(envelope)
         self.stats.received += len(batch)
@@ -282,9 +290,9 @@ class IngestConsumer:
         self.stats.batches += 1
         self._ack(batch)
 
-    def _accept(self, message: MQTTMessage) -> Envelope | None:
+    def _accept(self, topic: str, payload: bytes) -> Envelope | None:
         try:
-            envelope = decode(message.topic, bytes(message.payload))
+            envelope = decode(topic, payload)
             if envelope.kind not in INGESTED_KINDS:
                 raise MessageError(f"a {envelope.kind} message is not for the hub's ingest")
         except MessageError as exc:
@@ -333,8 +341,7 @@ class IngestConsumer:
         with self._lock:
             generation = self._generation
         for delivery in batch:
-            message = delivery.message
             # A packet id from an earlier connection may name another message now: leave
             # those to the broker, which redelivers them (stored already, so a duplicate).
-            if message.qos > 0 and delivery.generation == generation:
-                self.client.ack(message.mid, message.qos)
+            if delivery.qos > 0 and delivery.generation == generation:
+                self.client.ack(delivery.mid, delivery.qos)

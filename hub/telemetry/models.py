@@ -15,6 +15,7 @@ protocol's histogram edges and enums, and the schema test fails if a migration h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,12 +56,12 @@ class Histogram:
     edges: tuple[float, ...]
     unit: str
 
-    @property
+    @functools.cached_property  # read for every stored row
     def columns(self) -> list[str]:
         # Cell i counts EDGES[i-1] <= v < EDGES[i]: len(edges) + 1 cells.
         return [f"{self.name}_{i:02d}" for i in range(len(self.edges) + 1)]
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return self.field.removesuffix("_histogram")
 
