@@ -24,7 +24,13 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Table, case
 from sqlalchemy.dialects import postgresql, sqlite
 
-from edge_agent.protocol.messages import Envelope, InstallEvent, MessageKind, ReportedState
+from edge_agent.protocol.messages import (
+    DEVICE_TOPIC_OF,
+    Envelope,
+    InstallEvent,
+    MessageKind,
+    ReportedState,
+)
 from hub.fleet.models import (
     Device,
     InstallEventRecord,
@@ -184,14 +190,20 @@ def store(connection: Connection, envelopes: Iterable[Envelope], received_at: da
     # Each message's sent_at, converted once: several tables take it.
     sent = [dialect.time(e.sent_at) for e in batch]
     _touch_devices(connection, dialect, batch, sent)
-    new = _received(connection, dialect, batch, sent, received_at)
+    # Telemetry stays out of received_messages: an exact arrival time beside its message id
+    # could be matched with the broker's connection log to find the device. Its own table
+    # de-duplicates it by message id.
+    identified = [(e, at) for e, at in zip(batch, sent, strict=True) if e.kind in DEVICE_TOPIC_OF]
+    new = _received(
+        connection, dialect, [e for e, _ in identified], [at for _, at in identified], received_at
+    )
     kinds = {e.kind for e in batch}
     if MessageKind.INSTALL_EVENT in kinds:
         _events(connection, dialect, batch, sent)
     if MessageKind.REPORTED_STATE in kinds:
         _reported(connection, dialect, batch, sent)
     if MessageKind.TELEMETRY in kinds:
-        _telemetry(connection, dialect, batch)
+        new += _telemetry(connection, dialect, batch)
     return new
 
 
@@ -230,6 +242,8 @@ def _received(
         }
         for e, at in zip(batch, sent, strict=True)
     ]
+    if not rows:
+        return 0
     # The rows the conflict clause skipped (stored before) count 0: the rest are new.
     return _execute(connection, dialect.statements["received"], rows)
 
@@ -288,14 +302,14 @@ def _reported(
         _execute(connection, dialect.statements["reported"], rows)
 
 
-def _telemetry(connection: Connection, dialect: _Dialect, batch: Sequence[Envelope]) -> None:
+def _telemetry(connection: Connection, dialect: _Dialect, batch: Sequence[Envelope]) -> int:
     rows = []
     for e in batch:
         if e.kind is MessageKind.TELEMETRY:
             row = telemetry_row(e)
             row["window_start"] = dialect.time(row["window_start"])
             rows.append(row)
-    _execute(connection, dialect.statements["telemetry"], rows)
+    return _execute(connection, dialect.statements["telemetry"], rows)
 
 
 def now() -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
@@ -55,10 +56,16 @@ def distinct_events(engine: Engine) -> int:
         return int(connection.execute(select(func.count(column.distinct()))).scalar_one())
 
 
-def wait_count(engine: Engine, expected: int, timeout_s: float = 20.0) -> int:
+def wait_count(
+    engine: Engine,
+    expected: int,
+    timeout_s: float = 20.0,
+    counter: Callable[[Engine], int] | None = None,
+) -> int:
+    """Wait until `counter` (default: messages received) reaches `expected`; its value."""
     deadline = time.monotonic() + timeout_s
     while True:
-        seen = count(engine)
+        seen = (counter or count)(engine)
         if seen >= expected or time.monotonic() > deadline:
             return seen
         time.sleep(0.05)
