@@ -2,15 +2,16 @@
 
 1. Overhead. The same installed release (the `small` test model, installed through a signed
    repository as a fleet device holds it, so telemetry records it) is served by
-   `edge-agent serve` with telemetry on (policy local-log: the collector records every
-   request exactly as with `aggregate`, nothing needs a hub) and with telemetry off, in
-   alternating rounds of the same run. Figure: median decode tok/s on / off (target >= 0.99).
+   two `edge-agent serve` processes at once, one with telemetry on (policy local-log: the
+   collector records every request exactly as with `aggregate`, nothing needs a hub) and one
+   with it off, taking turns one request at a time. Figure: the median of the paired decode
+   tok/s ratios on / off (target >= 0.99).
 2. Volume. A simulated day of realistic use runs through the real collector and publisher
    (a fake clock, the agent's own outbox): requests spread over working hours, a few
    errors and rejections, a model load, an update, a restart. Figure: the bytes queued for
    the hub in 24 hours, topic and payload (target < 50 KB per device per day).
 
-    .venv/bin/python bench/telemetry.py [--model small|tiny] [--rounds 4] [--new-tokens 128]
+    .venv/bin/python bench/telemetry.py [--model small|tiny] [--runs 12] [--new-tokens 128]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from common import agent_server, figure, median, report, wait_ready
 from inference import completion_body, stream_completion
 
 DAY_S = 86_400
+MODEL = "bench-model"
 PROMPT = "Summarise the following clause of the supply contract in two sentences: " * 4
 
 
@@ -39,32 +43,59 @@ def install_release(model_dir: Path, device: Path, workdir: Path) -> None:
     from hub.registry.repository import ReleaseRepository
 
     repo = ReleaseRepository.create(workdir / "repo", workdir / "keys")
-    repo.publish(model_dir, "bench-model", "1.0.0")
+    repo.publish(model_dir, MODEL, "1.0.0")
     pin_root(device / "trust", repo.trusted_root_path())
     base, fetcher = fetcher_for(str(repo.root))
     with ReleaseSource(base, device / "trust", fetcher) as source:
-        UpdateManager(ModelStore(device), device / "update-state.json").update(
-            source, "bench-model"
-        )
+        UpdateManager(ModelStore(device), device / "update-state.json").update(source, MODEL)
 
 
-def decode_rate(device: Path, policy: str, workdir: Path, new_tokens: int) -> float:
-    """Median decode tok/s of three streamed completions (after a warm-up)."""
-    import httpx
-
-    (workdir / "none.toml").touch()
+@contextmanager
+def served(device: Path, policy: str, workdir: Path) -> Iterator[str]:
+    """`edge-agent serve` of the installed release with telemetry `policy`; its base URL."""
+    folder = workdir / policy
+    folder.mkdir(parents=True)
+    (folder / "none.toml").touch()
     env = {
         **os.environ,
-        "EDGE_AGENT_CONFIG": str(workdir / "none.toml"),
+        "EDGE_AGENT_CONFIG": str(folder / "none.toml"),
         "EDGE_AGENT__STORE__DIR": str(device),
         "EDGE_AGENT__TELEMETRY__POLICY": policy,
     }
-    with agent_server("bench-model", workdir, env) as server:
+    with agent_server(MODEL, folder, env) as server:
         wait_ready(server)
-        body = completion_body("bench-model", PROMPT, new_tokens)
-        with httpx.Client(base_url=server.base_url, timeout=120) as client:
-            stream_completion(client, body)  # warm-up
-            return median([stream_completion(client, body).decode_tok_s for _ in range(3)])
+        yield server.base_url
+
+
+def paired_rates(
+    device: Path, workdir: Path, runs: int, new_tokens: int, *, on_first: bool
+) -> list[tuple[float, float]]:
+    """(on, off) decode tok/s pairs. Both servers are loaded at once and take turns, one
+    request at a time, so each pair ran seconds apart under the same machine conditions.
+    Which server starts first changes its speed by a few percent here (where its memory
+    lands), so callers run both orders."""
+    import httpx
+
+    body = completion_body(MODEL, PROMPT, new_tokens)
+    first, second = ("local-log", "off") if on_first else ("off", "local-log")
+    with (
+        served(device, first, workdir / f"{first}-first") as first_url,
+        served(device, second, workdir / f"{first}-first") as second_url,
+        httpx.Client(base_url=first_url if on_first else second_url, timeout=120) as on,
+        httpx.Client(base_url=second_url if on_first else first_url, timeout=120) as off,
+    ):
+        stream_completion(on, body)  # warm-ups
+        stream_completion(off, body)
+        pairs = []
+        for run in range(runs):
+            # Alternate which goes first, so a drift within a pair hits both alike.
+            lead, follow = (on, off) if run % 2 == 0 else (off, on)
+            a = stream_completion(lead, body).decode_tok_s
+            b = stream_completion(follow, body).decode_tok_s
+            pair = (a, b) if lead is on else (b, a)
+            print(f"run {run + 1}: telemetry on {pair[0]:.1f} tok/s, off {pair[1]:.1f} tok/s")
+            pairs.append(pair)
+    return pairs
 
 
 def day_of_telemetry(workdir: Path) -> tuple[int, int]:
@@ -120,20 +151,17 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         device = work / "device"
         print(f"installing {model_dir.name} as release bench-model 1.0.0 ...", flush=True)
         install_release(model_dir, device, work)
-        on: list[float] = []
-        off: list[float] = []
-        for round_number in range(args.rounds):
-            # Alternate which goes first, so drift on the machine hits both alike.
-            order = ("local-log", "off") if round_number % 2 == 0 else ("off", "local-log")
-            for policy in order:
-                rate = decode_rate(device, policy, work, args.new_tokens)
-                (on if policy != "off" else off).append(rate)
-                print(f"round {round_number + 1}: telemetry {policy}: {rate:.1f} tok/s")
+        half = max(1, args.runs // 2)
+        pairs = [
+            *paired_rates(device, work, half, args.new_tokens, on_first=True),
+            *paired_rates(device, work, half, args.new_tokens, on_first=False),
+        ]
         if not (device / "telemetry" / "sent.log").exists():  # proof that it recorded
             raise RuntimeError("telemetry on logged nothing: the run did not measure it")
         day_bytes, messages = day_of_telemetry(work / "day")
-    ratio = median(on) / median(off)
-    print(f"decode with telemetry on / off: {median(on):.1f} / {median(off):.1f} = {ratio:.3f}")
+    on, off = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratio = median([a / b for a, b in pairs])
+    print(f"decode with telemetry on / off: median of paired ratios {ratio:.3f}")
     print(f"a day of telemetry: {messages} messages, {day_bytes} bytes ({day_bytes / 1000:.1f} KB)")
     return {
         "benchmark": "telemetry",
@@ -145,7 +173,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_device_day": figure(day_bytes, "< 50000", day_bytes < 50_000),
             "messages_per_device_day": figure(messages),
         },
-        "settings": {"model": args.model, "rounds": args.rounds, "new_tokens": args.new_tokens},
+        "settings": {"model": args.model, "runs": args.runs, "new_tokens": args.new_tokens},
         "samples": {"on": on, "off": off},
     }
 
@@ -153,7 +181,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("small", "tiny"), default="small")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--new-tokens", type=int, default=128)
     report(benchmark(parser.parse_args(argv)))
     return 0
