@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import URL, Engine, Index, create_engine, event, func, insert
+from sqlalchemy import URL, Connection, Engine, Index, create_engine, event, func, insert
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
@@ -58,7 +58,7 @@ from edge_agent.sync.errors import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: seq AUTOINCREMENT
 # The protocol's limit, refused at put() already: an oversized publish would make Mosquitto
 # drop the connection and paho resend it forever, blocking everything queued behind it.
 MAX_PAYLOAD_BYTES = MAX_MESSAGE_BYTES
@@ -108,7 +108,13 @@ class _Table(SQLModel, registry=_registry):
 
 class _Message(_Table, table=True):
     __tablename__ = "outbox_message"
-    __table_args__ = (Index("ix_outbox_message_kind_seq", "kind", "seq"),)
+    # AUTOINCREMENT: a seq is never used twice, even after the queue emptied. Without it
+    # SQLite starts again at 1, and the link, which sends what lies after the last seq it
+    # handed over, would pass over the new messages until it reconnects.
+    __table_args__ = (
+        Index("ix_outbox_message_kind_seq", "kind", "seq"),
+        {"sqlite_autoincrement": True},
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(unique=True)
@@ -174,6 +180,22 @@ def _create_engine(path: Path) -> Engine:
     return engine
 
 
+def _upgrade_from_1(conn: Connection) -> None:
+    """Version 1 reused seqs once the queue emptied: the same rows, in a table whose seqs
+    only grow. One transaction: an interrupted upgrade leaves version 1 as it was."""
+    conn.exec_driver_sql("DROP TRIGGER outbox_message_added")
+    conn.exec_driver_sql("DROP TRIGGER outbox_message_removed")
+    conn.exec_driver_sql("DROP INDEX ix_outbox_message_kind_seq")
+    conn.exec_driver_sql("ALTER TABLE outbox_message RENAME TO outbox_message_v1")
+    _Message.__table__.create(conn)  # type: ignore[attr-defined]
+    # Before the triggers: the totals already count these rows.
+    conn.exec_driver_sql("INSERT INTO outbox_message SELECT * FROM outbox_message_v1")
+    conn.exec_driver_sql("DROP TABLE outbox_message_v1")
+    for ddl in _TRIGGERS:
+        conn.exec_driver_sql(ddl)
+    conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class Outbox:
     def __init__(
         self,
@@ -223,6 +245,9 @@ class Outbox:
                     f"agent's ({SCHEMA_VERSION})"
                 )
             if version == SCHEMA_VERSION:
+                return
+            if version == 1:
+                _upgrade_from_1(conn)
                 return
             if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one():
                 raise OutboxUnusable(f"{self.path}: a database that is not an outbox")

@@ -57,6 +57,50 @@ def test_pending_is_first_in_first_out(outbox: Outbox) -> None:
     assert outbox.depth() == 5
 
 
+def test_seq_keeps_growing_after_the_queue_empties(outbox: Outbox) -> None:
+    # The link sends what lies after the last seq it handed over: a seq used again once
+    # everything was acknowledged would be passed over.
+    outbox.put("devices/d1/state", b"a", STATE, "m1")
+    outbox.put("devices/d1/state", b"b", STATE, "m2")
+    last = outbox.pending()[-1].seq
+    assert outbox.ack_many(["m1", "m2"]) == 2
+    outbox.put("devices/d1/state", b"c", STATE, "m3")
+    assert [i.message_id for i in outbox.pending(after=last)] == ["m3"]
+
+
+def test_a_version_1_outbox_is_upgraded_with_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as fresh:
+        fresh.put("devices/d1/state", b"a", STATE, "m1")
+        fresh.put("devices/d1/event", b"b", EVENT, "m2")
+    db = sqlite3.connect(path, isolation_level=None)
+    (ddl,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'outbox_message'").fetchone()
+    triggers = [r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type='trigger'")]
+    (index,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = "
+                          "'ix_outbox_message_kind_seq'").fetchone()  # fmt: skip
+    db.executescript(  # the version 1 table: seqs without AUTOINCREMENT
+        "BEGIN; DROP TRIGGER outbox_message_added; DROP TRIGGER outbox_message_removed;"
+        "DROP INDEX ix_outbox_message_kind_seq;"
+        "ALTER TABLE outbox_message RENAME TO old;"
+        f"{ddl.replace(' AUTOINCREMENT', '')}; INSERT INTO outbox_message SELECT * FROM old;"
+        f"DROP TABLE old; {index}; {'; '.join(triggers)}; PRAGMA user_version = 1; COMMIT;"
+    )
+    db.close()
+
+    with Outbox(path) as upgraded:
+        assert ids(upgraded) == ["m1", "m2"] and upgraded.depth() == 2
+        assert upgraded.ack_many(["m1", "m2"]) == 2 and upgraded.depth() == 0
+        upgraded.put("devices/d1/state", b"c", STATE, "m3")
+        assert upgraded.pending()[0].seq == 3 and upgraded.depth() == 1
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert (
+        "AUTOINCREMENT"
+        in db.execute("SELECT sql FROM sqlite_master WHERE name = 'outbox_message'").fetchone()[0]
+    )
+    db.close()
+
+
 def test_created_at_comes_from_the_clock(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox.db", clock=lambda: 1_700_000_000.5)
     outbox.put("devices/d1/state", b"{}", STATE, "m1")
