@@ -7,33 +7,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hub import db
-from hub.fleet import registry
 from hub.registry.repository import ReleaseRepository
 from tests.conftest import free_port
+from tests.fleet.processes import BIN, active_on_hub, wait_for
 from tests.updates.conftest import Fleet
 
-BIN = Path(sys.executable).parent
 READY_S = 60.0
-
-
-def wait_for(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @dataclass
@@ -176,18 +163,6 @@ def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub
         yield running
     finally:
         running.stop()
-
-
-def active_on_hub(database_url: str, device_id: str) -> str | None:
-    engine = db.make_engine(database_url)
-    try:
-        details = registry.show_device(engine, device_id)
-    except registry.RegistryError:
-        return None
-    finally:
-        engine.dispose()
-    states = {m.model: m.active for m in details.models}
-    return states.get("tiny")
 
 
 def test_enroll_assign_report_revoke(hub: Hub, tmp_path: Path) -> None:

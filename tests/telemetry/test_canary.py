@@ -113,7 +113,9 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
             assert isinstance(envelope.payload, TelemetryReport)
             assert DEVICE_ID.encode() not in message.payload
     assert MessageKind.TELEMETRY in kinds
-    reports = [decode(m.topic, bytes(m.payload)).payload for m in captured if m.topic == TELEMETRY_TOPIC]
+    reports = [
+        decode(m.topic, bytes(m.payload)).payload for m in captured if m.topic == TELEMETRY_TOPIC
+    ]
     served = [r for r in reports if isinstance(r, TelemetryReport) and r.model == "tiny"]
     assert sum(r.requests for r in served) >= len(canaries)  # coarsened up, never down
     assert all(c not in shown for c in canaries) and '"telemetry"' in shown
