@@ -518,7 +518,9 @@ def telemetry_show() -> None:
 
     config = _config()
     typer.echo(f"policy: {_telemetry_policy()}")
-    typer.echo(factory.show(config.telemetry, config.data_dir))
+    from edge_agent.sync.service import OUTBOX_FILE
+
+    typer.echo(factory.show(config.telemetry, config.data_dir, config.sync_dir / OUTBOX_FILE))
 
 
 def _telemetry_policy() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from edge_agent.config import TelemetryConfig
-from edge_agent.sync.outbox import Outbox
+from edge_agent.sync.outbox import Outbox, OutboxKind
 from edge_agent.telemetry.collector import Collector
 from edge_agent.telemetry.hardware import hardware_class
 from edge_agent.telemetry.lifecycle import RunMarker
@@ -34,9 +34,18 @@ def transparency_log(config: TelemetryConfig, data_dir: Path) -> TransparencyLog
     return TransparencyLog(telemetry_dir(data_dir) / "sent.log", config.transparency_log_max_bytes)
 
 
-def show(config: TelemetryConfig, data_dir: Path) -> str:
-    """What `edge-agent telemetry show` prints: every message kept in the log, decoded."""
-    return render(transparency_log(config, data_dir).entries())
+def show(config: TelemetryConfig, data_dir: Path, outbox_path: Path | None = None) -> str:
+    """What `edge-agent telemetry show` prints: every message kept in the log, decoded,
+    each queued one marked sent or still waiting in the outbox at `outbox_path`."""
+    waiting = None
+    if outbox_path is not None and outbox_path.exists():
+        with Outbox(outbox_path) as outbox:
+            waiting = {
+                item.message_id
+                for item in outbox.pending(limit=outbox.max_messages)
+                if item.kind is OutboxKind.TELEMETRY
+            }
+    return render(transparency_log(config, data_dir).entries(), waiting)
 
 
 @dataclass

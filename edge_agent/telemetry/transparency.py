@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -114,18 +115,26 @@ def _parse(line: bytes) -> LogEntry | None:
         return None
 
 
-def render(entries: list[LogEntry]) -> str:
-    """The entries as a person reads them: a header line, then the message, decoded."""
+def render(entries: list[LogEntry], waiting: Collection[str] | None = None) -> str:
+    """The entries as a person reads them: a header line, then the message, decoded.
+
+    `waiting`: the message ids still in the outbox; a queued message not among them has
+    been sent (None: the outbox was not looked at)."""
     if not entries:
         return "No telemetry has been sent or logged.\n"
     parts: list[str] = []
     for entry in entries:
-        parts.append(
-            f"{entry.recorded_at.isoformat()}  {entry.action.value}  {entry.topic}  "
-            f"({len(entry.payload)} bytes)"
-        )
         try:
-            parts.append(json.dumps(json.loads(entry.payload), indent=2))
+            decoded = json.loads(entry.payload)
+            body = json.dumps(decoded, indent=2)
         except ValueError:
-            parts.append(repr(entry.payload))
+            decoded, body = None, repr(entry.payload)
+        state = entry.action.value
+        if entry.action is Action.QUEUED and waiting is not None:
+            message_id = decoded.get("message_id") if isinstance(decoded, dict) else None
+            state = "queued, not sent yet" if message_id in waiting else "sent"
+        parts.append(
+            f"{entry.recorded_at.isoformat()}  {state}  {entry.topic}  ({len(entry.payload)} bytes)"
+        )
+        parts.append(body)
     return "\n".join(parts) + "\n"

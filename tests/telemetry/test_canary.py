@@ -16,7 +16,8 @@ from paho.mqtt.client import MQTTMessage
 
 from edge_agent.protocol import TELEMETRY_TOPIC, MessageKind, TelemetryReport, decode
 from tests.conftest import free_port
-from tests.fleet.test_hub_and_agent import Device, wait_for
+from tests.fleet.processes import wait_for
+from tests.fleet.test_hub_and_agent import Device
 from tests.mqtt_broker import MosquittoBroker, TestClient
 from tests.updates.conftest import Fleet, fleet
 
@@ -94,7 +95,12 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
                 f"telemetry at the broker\n{device.log()}",
                 60,
             )
-            shown = device.cli("telemetry", "show").stdout
+
+            def shown_sent() -> str | None:  # the outbox row goes once the PUBACK is in
+                text = device.cli("telemetry", "show").stdout
+                return text if f"  sent  {TELEMETRY_TOPIC}" in text else None
+
+            shown = str(wait_for(shown_sent, "telemetry show marking it sent", 30))
         finally:
             device.stop()
         captured = drain(capture)
