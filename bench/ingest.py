@@ -15,9 +15,9 @@ install events from a few hundred devices, encoded as the agent encodes them) th
 Every consumer runs in a process of its own and is pre-loaded: it connects and subscribes,
 is frozen with SIGSTOP, the N messages are published at QoS 1 (every PUBACK awaited), and
 the clock runs from SIGCONT until the last message has arrived (reference) or is committed
-(hub: rows in received_messages). So the publisher's speed and the workers' start-up are
-not measured. After each hub phase the database must hold exactly the N message ids, and
-the install events and reported states they imply (target: 0 lost).
+(hub: rows in received_messages and telemetry_reports). So the publisher's speed and the
+workers' start-up are not measured. After each hub phase the database must hold exactly
+the N message ids, and the install events and reported states they imply (target: 0 lost).
 
 Human-readable lines go out as the run goes; the last line is one JSON object with every
 figure. Missed targets do not fail the run (it is a measurement); errors do.
@@ -360,12 +360,16 @@ def received_ids(url: str) -> set[str]:
 
     from hub import db
     from hub.fleet.models import ReceivedMessage
+    from hub.telemetry.models import TELEMETRY
 
     engine = db.make_engine(url)
     try:
         with engine.connect() as connection:
+            # Device messages are listed in received_messages, telemetry only in its table.
             column = ReceivedMessage.__table__.c.message_id  # type: ignore[attr-defined]
-            return {str(row[0]) for row in connection.execute(select(column))}
+            ids = {str(row[0]) for row in connection.execute(select(column))}
+            ids |= {str(row[0]) for row in connection.execute(select(TELEMETRY.c.message_id))}
+            return ids
     finally:
         engine.dispose()
 
@@ -428,7 +432,10 @@ def hub_phase(
             for i in range(workers)
         ]
         engine = db.make_engine(url)
-        counting = text("SELECT count(*) FROM received_messages")
+        counting = text(
+            "SELECT (SELECT count(*) FROM received_messages)"
+            " + (SELECT count(*) FROM telemetry_reports)"
+        )
         try:
             with children(commands, workdir) as workers_, engine.connect() as connection:
                 for child in workers_:
