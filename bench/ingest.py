@@ -445,7 +445,9 @@ def hub_phase(
                     os.kill(pid, signal.SIGSTOP)
                 publish_all(broker.port, workload.wire)
                 broker_pids = broker_pid(broker.config_path)
-                groups = {"consumer": lambda: pids, "broker": lambda: broker_pids}
+                # A worker's writer process (hub.ingest's default) counts as the worker.
+                family = pids + [c for pid in pids for c in child_pids(pid)]
+                groups = {"consumer": lambda: family, "broker": lambda: broker_pids}
                 if db_pids is not None:
                     groups["database"] = db_pids
                 meter = CpuMeter(groups)

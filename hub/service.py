@@ -93,6 +93,7 @@ class HubService:
                 port=address.port,
                 client_id="_hub-ingest",
                 tls=client_context(tls) if address.tls else None,
+                writer="process",
             ),
         )
         self.ingest.start(CONNECT_TIMEOUT_S)

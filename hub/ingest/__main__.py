@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--client-id", default="edge-hub-ingest")
     parser.add_argument("--no-migrate", action="store_true", help="the schema is up to date")
+    parser.add_argument(
+        "--writer",
+        choices=("process", "thread"),
+        default="process",
+        help="decode and store in a child process (default) or in this one",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -30,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         db.migrate(args.database_url)
     engine = db.make_engine(args.database_url)
     consumer = IngestConsumer(
-        engine, IngestSettings(host=args.host, port=args.port, client_id=args.client_id)
+        engine,
+        IngestSettings(
+            host=args.host, port=args.port, client_id=args.client_id, writer=args.writer
+        ),
     )
     done = threading.Event()
 

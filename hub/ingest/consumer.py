@@ -15,13 +15,18 @@ counted, and acknowledged: redelivering it would never make it acceptable.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import multiprocessing
 import ssl
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Literal, NamedTuple
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -50,6 +55,8 @@ INGESTED_KINDS = frozenset(
 )
 UNSTORABLE = "Unstorable"  # the database refused the message on its own (counted, acked)
 _RETRY_MAX_S = 5.0
+READY = "ready"
+PIPELINE_DEPTH = 2  # batches handed to a writer process before the first result is awaited
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class IngestSettings:
     batch_max: int = 500
     batch_window_s: float = 0.05
     filters: tuple[str, ...] = HUB_INGEST_FILTERS
+    # "process": decode and store in a child process, so that the MQTT thread (paho, in
+    # Python) and the database work each have a core instead of sharing one GIL.
+    writer: Literal["thread", "process"] = "thread"
 
 
 @dataclass
@@ -91,6 +101,185 @@ class _Delivery(NamedTuple):
     generation: int  # the connection it arrived on: a packet id means nothing on another
 
 
+class BatchResult(NamedTuple):
+    received: int
+    stored: int  # None from write(): stopped before the database came back
+    duplicates: int
+    refused: dict[str, int]
+
+
+class BatchWriter:
+    """Decodes a batch of (topic, payload) and stores what is acceptable in one
+    transaction; counts what it refused and why."""
+
+    def __init__(self, engine: Engine, stopping: threading.Event | None = None) -> None:
+        self.engine = engine
+        self.stopping = stopping or threading.Event()
+        self.refused: Counter[str] = Counter()
+
+    def write(self, items: list[tuple[str, bytes]]) -> BatchResult | None:
+        """None: stopped while the database was away (nothing may be acknowledged)."""
+        refused_before = Counter(self.refused)
+        accepted = [e for e in (self.accept(t, p) for t, p in items) if e is not None]
+        new = self.commit(accepted)
+        if new is None:
+            return None
+        refused = dict(self.refused - refused_before)
+        return BatchResult(len(items), new, len(accepted) - new, refused)
+
+    def accept(self, topic: str, payload: bytes) -> Envelope | None:
+        try:
+            envelope = decode(topic, payload)
+            if envelope.kind not in INGESTED_KINDS:
+                raise MessageError(f"a {envelope.kind} message is not for the hub's ingest")
+        except MessageError as exc:
+            reason = type(exc).__name__
+            self.refused[reason] += 1
+            log.warning("ingest: refused (%s): %s", reason, exc)
+            return None
+        return envelope
+
+    def commit(self, envelopes: list[Envelope]) -> int | None:
+        """Store `envelopes` in one transaction, retrying while the database is away. A batch
+        the database refuses for its content is stored message by message instead, so one
+        bad message cannot hold up the rest. None: stopped before the database came back."""
+        if not envelopes:
+            return 0
+        delay = 0.1
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    return store(connection, envelopes, now())
+            except OperationalError as exc:
+                if self.stopping.is_set():
+                    log.error("ingest: stopping with a batch not stored: %s", exc)
+                    return None
+                log.error("ingest: database unavailable, retrying in %.1f s: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+            except DBAPIError as exc:
+                if len(envelopes) == 1:
+                    self.refused[UNSTORABLE] += 1
+                    log.error(
+                        "ingest: the database refused message %s: %s",
+                        envelopes[0].message_id,
+                        exc.orig,
+                    )
+                    return 0
+                total = 0
+                for envelope in envelopes:
+                    one = self.commit([envelope])
+                    if one is None:
+                        return None
+                    total += one
+                return total
+
+
+def _writer_process(url: str, connection: Connection) -> None:
+    """A child's loop: batches in, results out, until None or the parent goes away."""
+    from edge_agent import logs
+    from hub import db
+
+    logs.configure()
+    engine = db.make_engine(url)
+    writer = BatchWriter(engine)
+    # A process that only decodes and stores: its objects die young and hold no cycles, so
+    # collecting every 700 allocations (the default) is pure cost; the start-up objects
+    # are frozen out of every later collection.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
+    connection.send(READY)
+    try:
+        while (items := connection.recv()) is not None:
+            connection.send(writer.write(items))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        engine.dispose()
+
+
+class _ProcessWriter:
+    """BatchWriter in a child process (spawned: the parent has threads), fed up to
+    PIPELINE_DEPTH batches ahead so that it never waits for the parent to acknowledge one
+    batch and collect the next. Results come back in order. A child that dies is replaced
+    and every unanswered batch sent again: none was acknowledged, and storing is
+    idempotent."""
+
+    def __init__(self, engine: Engine, stopping: threading.Event) -> None:
+        self.url = engine.url.render_as_string(hide_password=False)
+        self.stopping = stopping
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+        self._unanswered: deque[list[tuple[str, bytes]]] = deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._unanswered)
+
+    def _start(self) -> Connection:
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_writer_process, args=(self.url, child), name="hub-ingest-writer", daemon=True
+        )
+        self._process.start()
+        child.close()
+        if parent.recv() != READY:  # imports and the database engine: seconds, not per batch
+            raise EOFError("the writer process did not start")
+        self._connection = parent
+        for items in self._unanswered:  # a new child: everything unanswered again
+            parent.send(items)
+        return parent
+
+    def start(self) -> None:
+        """Start the child now, so that its start-up is not paid by the first batch."""
+        if self._connection is None:
+            self._start()
+
+    def _replace(self, exc: BaseException) -> None:
+        self._connection = None
+        log.error("ingest: the writer process ended (%s); starting another", exc)
+        time.sleep(0.5)
+
+    def send(self, items: list[tuple[str, bytes]]) -> None:
+        self._unanswered.append(items)
+        try:
+            if self._connection is None:
+                self._start()  # sends it, with any others unanswered
+            else:
+                self._connection.send(items)
+        except OSError as exc:
+            self._replace(exc)
+
+    def receive(self) -> BatchResult | None:
+        """The oldest unanswered batch's result; None when stopping without one."""
+        while True:
+            try:
+                connection = self._connection or self._start()
+                result: BatchResult | None = connection.recv()
+            except (EOFError, OSError) as exc:
+                if self.stopping.is_set():
+                    return None
+                self._replace(exc)
+                continue
+            self._unanswered.popleft()
+            return result
+
+    def write(self, items: list[tuple[str, bytes]]) -> BatchResult | None:
+        self.send(items)
+        return self.receive()
+
+    def close(self, timeout_s: float) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(OSError):  # already gone
+                self._connection.send(None)
+        if self._process is not None:
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout_s)
+
+
 class IngestConsumer:
     """start() / stop(); `stats` and `wait_idle()` for operators and tests."""
 
@@ -111,6 +300,10 @@ class IngestConsumer:
         self._generation = 0
         self._busy = False  # the worker holds a batch taken from the inbox
         self._worker: threading.Thread | None = None
+        self._writer = BatchWriter(engine, self._stopping)
+        self._process_writer = (
+            _ProcessWriter(engine, self._stopping) if settings.writer == "process" else None
+        )
         self.client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -134,6 +327,8 @@ class IngestConsumer:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.settings.session_expiry_s
         properties.ReceiveMaximum = self.settings.receive_maximum
+        if self._process_writer is not None:
+            self._process_writer.start()
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
         self._worker.start()
         self.client.connect_async(
@@ -157,6 +352,8 @@ class IngestConsumer:
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(timeout_s)
+        if self._process_writer is not None:
+            self._process_writer.close(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -244,6 +441,9 @@ class IngestConsumer:
     # -- the worker --------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._process_writer is not None:
+            self._run_pipelined(self._process_writer)
+            return
         while True:
             batch = self._collect()
             try:
@@ -253,6 +453,21 @@ class IngestConsumer:
                     return
             finally:
                 self._busy = False
+
+    def _run_pipelined(self, writer: _ProcessWriter) -> None:
+        """The child stores batch k while this thread collects and sends batch k+1, and
+        acknowledges batch k once its result is back."""
+        sent: deque[list[_Delivery]] = deque()
+        while True:
+            batch = self._collect()
+            if batch:
+                writer.send([(d.topic, d.payload) for d in batch])
+                sent.append(batch)
+            if sent and (len(sent) >= PIPELINE_DEPTH or not batch):
+                self._finish(sent.popleft(), writer.receive())
+            elif not batch and self._stopping.is_set():
+                return
+            self._busy = bool(sent)
 
     def _collect(self) -> list[_Delivery]:
         """Up to `batch_max` deliveries: what arrived within `batch_window_s` of the first."""
@@ -276,66 +491,24 @@ class IngestConsumer:
         return batch
 
     def _ingest(self, batch: list[_Delivery]) -> None:
-        accepted: list[Envelope] = []
-        for delivery in batch:
-            envelope = self._accept(delivery.topic, delivery.payload)
-            if envelope is not None:
-                accepted.append(envelope)
-        self.stats.received += len(batch)
-        new = self._commit(accepted)
-        if new is None:
+        self._finish(batch, self._writer.write([(d.topic, d.payload) for d in batch]))
+
+    def _finish(self, batch: list[_Delivery], result: BatchResult | None) -> None:
+        if result is None:
             return  # stopped while the database was away: the broker keeps the batch
-        self.stats.stored += new
-        self.stats.duplicates += len(accepted) - new
+        self.stats.received += result.received
+        self.stats.stored += result.stored
+        self.stats.duplicates += result.duplicates
+        self.stats.refused.update(result.refused)
         self.stats.batches += 1
         self._ack(batch)
 
-    def _accept(self, topic: str, payload: bytes) -> Envelope | None:
-        try:
-            envelope = decode(topic, payload)
-            if envelope.kind not in INGESTED_KINDS:
-                raise MessageError(f"a {envelope.kind} message is not for the hub's ingest")
-        except MessageError as exc:
-            reason = type(exc).__name__
-            self.stats.refused[reason] += 1
-            log.warning("ingest: refused (%s): %s", reason, exc)
-            return None
-        return envelope
-
     def _commit(self, envelopes: list[Envelope]) -> int | None:
-        """Store `envelopes` in one transaction, retrying while the database is away. A batch
-        the database refuses for its content is stored message by message instead, so one
-        bad message cannot hold up the rest. None: stopped before the database came back."""
-        if not envelopes:
-            return 0
-        delay = 0.1
-        while True:
-            try:
-                with self.engine.begin() as connection:
-                    return store(connection, envelopes, now())
-            except OperationalError as exc:
-                if self._stopping.is_set():
-                    log.error("ingest: stopping with a batch not stored: %s", exc)
-                    return None
-                log.error("ingest: database unavailable, retrying in %.1f s: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-            except DBAPIError as exc:
-                if len(envelopes) == 1:
-                    self.stats.refused[UNSTORABLE] += 1
-                    log.error(
-                        "ingest: the database refused message %s: %s",
-                        envelopes[0].message_id,
-                        exc.orig,
-                    )
-                    return 0
-                total = 0
-                for envelope in envelopes:
-                    one = self._commit([envelope])
-                    if one is None:
-                        return None
-                    total += one
-                return total
+        """Store `envelopes` (in this process); see BatchWriter.commit."""
+        before = Counter(self._writer.refused)
+        new = self._writer.commit(envelopes)
+        self.stats.refused.update(self._writer.refused - before)
+        return new
 
     def _ack(self, batch: list[_Delivery]) -> None:
         with self._lock:

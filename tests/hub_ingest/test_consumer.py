@@ -105,6 +105,31 @@ def test_a_burst_of_1000_is_stored_exactly_once(
     assert worker.stats.batches < 1000  # batched, not one transaction per message
 
 
+def test_a_writer_process_stores_refuses_and_survives_its_own_death(
+    engine: Engine, mqtt_broker: MosquittoBroker
+) -> None:
+    # writer="process": decoding and storing in a child, acknowledgements here.
+    first = [event(f"dev-{n % 10}", n) for n in range(500)]
+    second = [event(f"dev-{n % 10}", n) for n in range(500, 1000)]
+    with (
+        consumer(engine, mqtt_broker, writer="process") as worker,
+        device(mqtt_broker) as client,
+    ):
+        client.publish(topic_for(first[0]), b"not json")
+        publish(client, first)
+        assert wait_count(engine, 500) == 500
+        assert worker.wait_idle()
+        child = worker._process_writer._process if worker._process_writer else None
+        assert child is not None and child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)  # the next batch finds it gone, starts another
+        publish(client, second)
+        assert wait_count(engine, 1000) == 1000
+        assert worker.wait_idle()
+    assert count(engine, InstallEventRecord) == 1000 == distinct_events(engine)
+    assert worker.stats.refused == {"MalformedMessage": 1}
+    assert worker.stats.stored == 1000
+
+
 def test_refused_messages_are_logged_and_ingest_goes_on(
     engine: Engine, mqtt_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
