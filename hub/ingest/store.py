@@ -15,6 +15,7 @@ through SQLAlchemy's own bind processors, once per distinct value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,6 +126,8 @@ class _Compiled:
     # Rows as tuples in this order for a positional paramstyle (SQLite's qmark); None: as
     # dicts (psycopg's pyformat).
     order: Callable[[Row], tuple[Any, ...]] | None
+    # PostgreSQL: the whole batch as one array per column (see _columnar), these columns.
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,29 @@ def _compile(dialect: Dialect, name: str) -> _Compiled:
         raise AssertionError(f"{name}: binds {sorted(compiled.binds)} are not {columns}")
     positions = compiled.positiontup
     order = None if positions is None else itemgetter(*positions)
+    if dialect.name == "postgresql":
+        table: Table = compiled.statement.table
+        types = {c.name: c.type.compile(dialect) for c in table.columns}
+        return _Compiled(_columnar(str(compiled), types), None, tuple(columns))
     return _Compiled(str(compiled), order)
+
+
+def _columnar(sql: str, types: dict[str, str]) -> str:
+    """`INSERT ... VALUES (%(a)s::T, ...) ON CONFLICT ...` as `INSERT ... SELECT * FROM
+    unnest(%(a)s::T[], ...) ON CONFLICT ...`: one statement and one round trip per batch,
+    its arrays built by psycopg's C code, instead of a Python loop over rows. Each batch
+    holds a key once (the callers de-duplicate), as ON CONFLICT DO UPDATE requires."""
+    head, values = sql.split(" VALUES (", 1)
+    binds_text, tail = values.split(") ON CONFLICT ", 1)
+    binds = []
+    for bind in (b.strip() for b in binds_text.split(",")):
+        found = re.fullmatch(r"%\((\w+)\)s(::[A-Z ]+)?", bind)
+        if found is None:
+            raise AssertionError(f"unexpected bind parameter {bind} in {sql[:120]}")
+        # SQLAlchemy casts most binds; a float it leaves bare, and an array needs its type.
+        binds.append(f"{bind}[]" if found[2] else f"{bind}::{types[found[1]]}[]")
+    # Built from SQLAlchemy's own compiled statement; every value stays a bound parameter.
+    return f"{head} SELECT * FROM unnest({', '.join(binds)}) ON CONFLICT {tail}"  # noqa: S608
 
 
 def _dialect(connection: Connection) -> _Dialect:
@@ -174,10 +199,13 @@ def _dialect(connection: Connection) -> _Dialect:
 def _execute(connection: Connection, statement: _Compiled, rows: list[Row]) -> int:
     """Rows written (SQLite and psycopg sum executemany's counts; a conflict skipped or an
     update refused by its WHERE counts 0)."""
+    # exec_driver_sql: with SQLAlchemy's events and error wrapping (the consumer tells a
+    # lost database from a refused row by SQLAlchemy's exceptions).
+    if statement.columns is not None:
+        arrays = {name: [row[name] for row in rows] for name in statement.columns}
+        return int(connection.exec_driver_sql(statement.sql, arrays).rowcount)
     parameters = rows if statement.order is None else [statement.order(row) for row in rows]
-    # exec_driver_sql: the driver's executemany, with SQLAlchemy's events and error wrapping
-    # (the consumer tells a lost database from a refused row by SQLAlchemy's exceptions).
-    return int(connection.exec_driver_sql(statement.sql, parameters).rowcount)
+    return int(connection.exec_driver_sql(statement.sql, parameters).rowcount)  # executemany
 
 
 def store(connection: Connection, envelopes: Iterable[Envelope], received_at: datetime) -> int:
