@@ -31,7 +31,7 @@ from hub.config import HubConfig
 from hub.fleet import desired, registry
 from hub.fleet.authority import FleetAuthority
 from hub.fleet.publisher import DesiredPublisher
-from hub.ingest.consumer import IngestConsumer, IngestSettings
+from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
 from hub.scheduler import refresh_once
 
@@ -94,6 +94,7 @@ class HubService:
                 client_id="_hub-ingest",
                 tls=client_context(tls) if address.tls else None,
                 writer="process",
+                writer_processes=writer_processes_for(self.config.database_url),
             ),
         )
         self.ingest.start(CONNECT_TIMEOUT_S)

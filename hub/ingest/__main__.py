@@ -13,7 +13,7 @@ import threading
 from types import FrameType
 
 from hub import db
-from hub.ingest.consumer import IngestConsumer, IngestSettings
+from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     consumer = IngestConsumer(
         engine,
         IngestSettings(
-            host=args.host, port=args.port, client_id=args.client_id, writer=args.writer
+            host=args.host,
+            port=args.port,
+            client_id=args.client_id,
+            writer=args.writer,
+            writer_processes=writer_processes_for(args.database_url),
         ),
     )
     done = threading.Event()

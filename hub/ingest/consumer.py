@@ -78,6 +78,8 @@ class IngestSettings:
     # "process": decode and store in a child process, so that the MQTT thread (paho, in
     # Python) and the database work each have a core instead of sharing one GIL.
     writer: Literal["thread", "process"] = "thread"
+    # With writer="process": how many (batches go round, results come back in order).
+    writer_processes: int = 1
 
 
 @dataclass
@@ -106,6 +108,12 @@ class BatchResult(NamedTuple):
     stored: int  # None from write(): stopped before the database came back
     duplicates: int
     refused: dict[str, int]
+
+
+def writer_processes_for(url: str) -> int:
+    """SQLite has one write lock, so one writer; PostgreSQL stores two batches at once
+    while each waits on its round trips."""
+    return 2 if url.startswith("postgresql") else 1
 
 
 class BatchWriter:
@@ -301,8 +309,10 @@ class IngestConsumer:
         self._busy = False  # the worker holds a batch taken from the inbox
         self._worker: threading.Thread | None = None
         self._writer = BatchWriter(engine, self._stopping)
-        self._process_writer = (
-            _ProcessWriter(engine, self._stopping) if settings.writer == "process" else None
+        self._process_writers = (
+            [_ProcessWriter(engine, self._stopping) for _ in range(settings.writer_processes)]
+            if settings.writer == "process"
+            else []
         )
         self.client = Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -327,8 +337,8 @@ class IngestConsumer:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.settings.session_expiry_s
         properties.ReceiveMaximum = self.settings.receive_maximum
-        if self._process_writer is not None:
-            self._process_writer.start()
+        for writer in self._process_writers:
+            writer.start()
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
         self._worker.start()
         self.client.connect_async(
@@ -352,8 +362,8 @@ class IngestConsumer:
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(timeout_s)
-        if self._process_writer is not None:
-            self._process_writer.close(timeout_s)
+        for writer in self._process_writers:
+            writer.close(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -441,8 +451,8 @@ class IngestConsumer:
     # -- the worker --------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self._process_writer is not None:
-            self._run_pipelined(self._process_writer)
+        if self._process_writers:
+            self._run_pipelined(self._process_writers)
             return
         while True:
             batch = self._collect()
@@ -454,17 +464,22 @@ class IngestConsumer:
             finally:
                 self._busy = False
 
-    def _run_pipelined(self, writer: _ProcessWriter) -> None:
-        """The child stores batch k while this thread collects and sends batch k+1, and
-        acknowledges batch k once its result is back."""
-        sent: deque[list[_Delivery]] = deque()
+    def _run_pipelined(self, writers: list[_ProcessWriter]) -> None:
+        """The children store batch k while this thread collects and sends batch k+1, and
+        acknowledges batch k once its result is back. Batches go to the writers in turn;
+        the oldest batch's result is always awaited first, so acks keep their order."""
+        sent: deque[tuple[list[_Delivery], _ProcessWriter]] = deque()
+        turn = 0
         while True:
             batch = self._collect()
             if batch:
+                writer = writers[turn % len(writers)]
+                turn += 1
                 writer.send([(d.topic, d.payload) for d in batch])
-                sent.append(batch)
-            if sent and (len(sent) >= PIPELINE_DEPTH or not batch):
-                self._finish(sent.popleft(), writer.receive())
+                sent.append((batch, writer))
+            if sent and (len(sent) >= PIPELINE_DEPTH * len(writers) or not batch):
+                oldest, writer = sent.popleft()
+                self._finish(oldest, writer.receive())
             elif not batch and self._stopping.is_set():
                 return
             self._busy = bool(sent)

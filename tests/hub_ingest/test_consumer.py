@@ -112,16 +112,18 @@ def test_a_writer_process_stores_refuses_and_survives_its_own_death(
     first = [event(f"dev-{n % 10}", n) for n in range(500)]
     second = [event(f"dev-{n % 10}", n) for n in range(500, 1000)]
     with (
-        consumer(engine, mqtt_broker, writer="process") as worker,
+        consumer(engine, mqtt_broker, writer="process", writer_processes=2) as worker,
         device(mqtt_broker) as client,
     ):
         client.publish(topic_for(first[0]), b"not json")
         publish(client, first)
         assert wait_count(engine, 500) == 500
         assert worker.wait_idle()
-        child = worker._process_writer._process if worker._process_writer else None
-        assert child is not None and child.pid is not None
-        os.kill(child.pid, signal.SIGKILL)  # the next batch finds it gone, starts another
+        children = [writer._process for writer in worker._process_writers]
+        assert len(children) == 2
+        for child in children:  # the next batches find them gone, start others
+            assert child is not None and child.pid is not None
+            os.kill(child.pid, signal.SIGKILL)
         publish(client, second)
         assert wait_count(engine, 1000) == 1000
         assert worker.wait_idle()
