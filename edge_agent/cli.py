@@ -171,13 +171,15 @@ def serve(
 
 def _start_sync() -> SyncService | None:
     """The fleet link, when the device is enrolled or `[sync]` is configured."""
-    from edge_agent.sync.service import SyncService, sync_settings
+    from edge_agent.sync.settings import sync_settings
 
     config = _config()
     try:
         settings = sync_settings(config)
         if settings is None:
-            return None
+            return None  # in no fleet: the sync stack is not even imported
+        from edge_agent.sync.service import SyncService
+
         service = SyncService(config, settings, __version__)
         service.start()
     except (ValueError, RuntimeError) as exc:
@@ -223,7 +225,7 @@ def enroll(
 ) -> None:
     """Join a fleet: make this device's key, get its certificate, trust the hub's releases."""
     from edge_agent.sync.identity import EnrollmentFailed
-    from edge_agent.sync.service import identity_of
+    from edge_agent.sync.settings import identity_of
     from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.source import pin_root
 
@@ -356,7 +358,7 @@ def update(
 ) -> None:
     """Fetch, verify and install the newest signed release; roll back if it is unhealthy."""
     from edge_agent.store import ModelStore
-    from edge_agent.sync.service import sync_settings
+    from edge_agent.sync.settings import sync_settings
     from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.fetchers import fetcher_for
     from edge_agent.updates.manager import UpdateManager
@@ -450,7 +452,7 @@ def _ago(when: datetime, now: datetime) -> str:
 def status() -> None:
     """Show the hub link (connected since, last sync, outbox), active models, pending update."""
     from edge_agent.store import ModelStore, StoreError
-    from edge_agent.sync.service import sync_settings
+    from edge_agent.sync.settings import sync_settings
     from edge_agent.sync.state import STATUS_FILE, load_status, process_alive
     from edge_agent.updates.machine import Phase, StateFile
 
@@ -518,13 +520,13 @@ def telemetry_show() -> None:
 
     config = _config()
     typer.echo(f"policy: {_telemetry_policy()}")
-    from edge_agent.sync.service import OUTBOX_FILE
+    from edge_agent.sync.settings import OUTBOX_FILE
 
     typer.echo(factory.show(config.telemetry, config.data_dir, config.sync_dir / OUTBOX_FILE))
 
 
 def _telemetry_policy() -> str:
-    from edge_agent.sync.service import sync_settings
+    from edge_agent.sync.settings import sync_settings
 
     policy = _config().telemetry.policy
     if policy == "aggregate" and sync_settings(_config()) is None:

@@ -1,37 +1,31 @@
 """Offline-first sync: the durable outbox (outbox), the MQTT link (link), persisted link
-state (state), periodic jobs (jobs) and desired-state orchestration (orchestrate). Only the
-outbox is imported here: the link pulls in paho, which `edge-agent status` does not need."""
+state (state), periodic jobs (jobs), desired-state orchestration (orchestrate), enrollment
+(identity), settings from config and enrollment (settings) and the running service
+(service). Exports load lazily: `edge-agent serve` on a device in no fleet, and
+`edge-agent status`, need none of SQLAlchemy or paho."""
 
-from edge_agent.sync.errors import (
-    InvalidMessage,
-    MessageIdConflict,
-    OutboxClosed,
-    OutboxError,
-    OutboxFull,
-    OutboxUnusable,
-    PayloadTooLarge,
-    SyncError,
-)
-from edge_agent.sync.outbox import (
-    MAX_PAYLOAD_BYTES,
-    Outbox,
-    OutboxItem,
-    OutboxKind,
-    OutboxStats,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "MAX_PAYLOAD_BYTES",
-    "InvalidMessage",
-    "MessageIdConflict",
-    "Outbox",
-    "OutboxClosed",
-    "OutboxError",
-    "OutboxFull",
-    "OutboxItem",
-    "OutboxKind",
-    "OutboxStats",
-    "OutboxUnusable",
-    "PayloadTooLarge",
-    "SyncError",
-]
+_EXPORTS = {
+    "InvalidMessage": "edge_agent.sync.errors",
+    "MAX_PAYLOAD_BYTES": "edge_agent.sync.outbox",
+    "MessageIdConflict": "edge_agent.sync.errors",
+    "Outbox": "edge_agent.sync.outbox",
+    "OutboxClosed": "edge_agent.sync.errors",
+    "OutboxError": "edge_agent.sync.errors",
+    "OutboxFull": "edge_agent.sync.errors",
+    "OutboxItem": "edge_agent.sync.outbox",
+    "OutboxKind": "edge_agent.sync.outbox",
+    "OutboxStats": "edge_agent.sync.outbox",
+    "OutboxUnusable": "edge_agent.sync.errors",
+    "PayloadTooLarge": "edge_agent.sync.errors",
+    "SyncError": "edge_agent.sync.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,9 +23,9 @@ from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ValidationError
 
 from edge_agent.atomic import make_dirs, write_atomic
-from edge_agent.mqtt import TlsFiles
 from edge_agent.protocol import check_name
 from edge_agent.protocol.enrollment import ENROLL_PATH, EnrollmentRequest, EnrollmentResponse
+from edge_agent.sync.addresses import TlsFiles
 
 KEY_FILE = "device.key"
 CERT_FILE = "device.crt"

@@ -17,75 +17,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig
-from edge_agent.mqtt import BrokerAddress, TlsFiles
 from edge_agent.protocol import DesiredState, Envelope, ModelReport, ReportedState
 from edge_agent.protocol.telemetry import UpdateOutcome
 from edge_agent.store import ModelStore
-from edge_agent.sync.identity import Identity
 from edge_agent.sync.jobs import JobIntervals, build_scheduler, heartbeat_job
 from edge_agent.sync.link import Link, enqueue
 from edge_agent.sync.orchestrate import DesiredApplier
 from edge_agent.sync.outbox import Outbox
+from edge_agent.sync.settings import OUTBOX_FILE, SyncSettings
 from edge_agent.sync.state import load_director_keys
 from edge_agent.telemetry.collector import Collector
 from edge_agent.updates.errors import UpdateError
 from edge_agent.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
-
-IDENTITY_DIR = "identity"
-OUTBOX_FILE = "outbox.sqlite3"
-
-
-class SyncNotConfigured(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    device_id: str
-    broker: BrokerAddress
-    tls: TlsFiles
-    director_keys: Path | None
-    update_source: str
-    update_token: str | None
-
-
-def identity_of(config: AgentConfig) -> Identity:
-    return Identity(config.data_dir / IDENTITY_DIR)
-
-
-def sync_settings(config: AgentConfig) -> SyncSettings | None:
-    """The fleet link's settings, or None when neither config nor enrollment sets one up;
-    ValueError naming what is wrong otherwise."""
-    identity = identity_of(config)
-    enrolled = identity.enrollment()
-    sync, updates = config.sync, config.updates
-    device_id = sync.device_id or (enrolled.device_id if enrolled else "")
-    broker_url = sync.broker_url or (enrolled.broker_url if enrolled else "")
-    if not device_id or not broker_url:
-        return None
-    own = identity.tls if enrolled else TlsFiles()
-    return SyncSettings(
-        device_id=device_id,
-        broker=BrokerAddress.parse(broker_url),
-        tls=TlsFiles(
-            sync.tls_ca_file or own.ca_file,
-            sync.tls_cert_file or own.cert_file,
-            sync.tls_key_file or own.key_file,
-        ),
-        director_keys=sync.director_keys_file
-        or (identity.director_keys_path if enrolled else None),
-        update_source=updates.source or (enrolled.hub_url if enrolled else ""),
-        update_token=updates.token or (enrolled.download_token if enrolled else None),
-    )
 
 
 class SyncService:

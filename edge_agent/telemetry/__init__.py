@@ -12,13 +12,33 @@ local transparency log.
     factory        builds them all from TelemetryConfig; `show` for `edge-agent telemetry show`
 """
 
-from edge_agent.telemetry.collector import Collector
-from edge_agent.telemetry.hardware import hardware_class
-from edge_agent.telemetry.lifecycle import RunMarker
-from edge_agent.telemetry.privacy import LaplaceNoise, PrivacyBudget
-from edge_agent.telemetry.pseudonym import load_or_create_secret, pseudonym
-from edge_agent.telemetry.publisher import Policy, Publisher
-from edge_agent.telemetry.transparency import Action, LogEntry, TransparencyLog, render
+from importlib import import_module
+from typing import Any
+
+# Exported lazily: the API imports the collector on every start, and the publisher side
+# (the outbox, SQLAlchemy, paho) must not come with it when nothing is sent. The function
+# `pseudonym` lives in edge_agent.telemetry.pseudonym (the package attribute is the module).
+_EXPORTS = {
+    "Action": "edge_agent.telemetry.transparency",
+    "Collector": "edge_agent.telemetry.collector",
+    "LaplaceNoise": "edge_agent.telemetry.privacy",
+    "LogEntry": "edge_agent.telemetry.transparency",
+    "Policy": "edge_agent.telemetry.publisher",
+    "PrivacyBudget": "edge_agent.telemetry.privacy",
+    "Publisher": "edge_agent.telemetry.publisher",
+    "RunMarker": "edge_agent.telemetry.lifecycle",
+    "TransparencyLog": "edge_agent.telemetry.transparency",
+    "hardware_class": "edge_agent.telemetry.hardware",
+    "load_or_create_secret": "edge_agent.telemetry.pseudonym",
+    "render": "edge_agent.telemetry.transparency",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Action",
@@ -32,6 +52,5 @@ __all__ = [
     "TransparencyLog",
     "hardware_class",
     "load_or_create_secret",
-    "pseudonym",
     "render",
 ]

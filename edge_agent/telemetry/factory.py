@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from edge_agent.config import TelemetryConfig
-from edge_agent.sync.outbox import Outbox, OutboxKind
 from edge_agent.telemetry.collector import Collector
 from edge_agent.telemetry.hardware import hardware_class
 from edge_agent.telemetry.lifecycle import RunMarker
@@ -24,6 +24,9 @@ from edge_agent.telemetry.privacy import PrivacyBudget
 from edge_agent.telemetry.pseudonym import load_or_create_secret
 from edge_agent.telemetry.publisher import Policy, Publisher
 from edge_agent.telemetry.transparency import TransparencyLog, render
+
+if TYPE_CHECKING:  # SQLAlchemy: loaded only where an outbox is used
+    from edge_agent.sync.outbox import Outbox
 
 
 def telemetry_dir(data_dir: Path) -> Path:
@@ -39,6 +42,8 @@ def show(config: TelemetryConfig, data_dir: Path, outbox_path: Path | None = Non
     each queued one marked sent or still waiting in the outbox at `outbox_path`."""
     waiting = None
     if outbox_path is not None and outbox_path.exists():
+        from edge_agent.sync.outbox import Outbox, OutboxKind
+
         with Outbox(outbox_path) as outbox:
             waiting = {
                 item.message_id

@@ -18,15 +18,17 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from edge_agent.protocol import TELEMETRY_TOPIC, Envelope, HardwareClass, encode
-from edge_agent.sync.link import enqueue
-from edge_agent.sync.outbox import Outbox
 from edge_agent.telemetry.aggregate import ClosedWindow, to_report
 from edge_agent.telemetry.collector import Collector
 from edge_agent.telemetry.privacy import LaplaceNoise, PrivacyBudget
 from edge_agent.telemetry.pseudonym import pseudonym
 from edge_agent.telemetry.transparency import Action, TransparencyLog
+
+if TYPE_CHECKING:  # the outbox brings SQLAlchemy: loaded only where reports are sent
+    from edge_agent.sync.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -120,5 +122,7 @@ class Publisher:
             )
             if action is Action.QUEUED:
                 assert self.outbox is not None  # checked in __init__
+                from edge_agent.sync.link import enqueue
+
                 enqueue(self.outbox, envelope)
         return len(window.tallies) if action is not Action.WITHHELD else 0

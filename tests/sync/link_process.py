@@ -7,7 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
-from edge_agent.sync.link import BrokerAddress, Link
+from edge_agent.mqtt import BrokerAddress
+from edge_agent.sync.link import Link
 from edge_agent.sync.outbox import Outbox
 
 

@@ -30,10 +30,10 @@ from edge_agent.telemetry import (
     Publisher,
     RunMarker,
     TransparencyLog,
-    pseudonym,
     render,
 )
 from edge_agent.telemetry.factory import build, show
+from edge_agent.telemetry.pseudonym import pseudonym
 from edge_agent.telemetry.transparency import MIN_LOG_BYTES
 
 WINDOW = 3600
