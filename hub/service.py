@@ -17,14 +17,13 @@ the database only; the jobs here carry the change to the broker within seconds.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from edge_agent.mqtt import BrokerAddress, TlsFiles
+from edge_agent.mqtt import BrokerAddress
 from hub import db
 from hub.broker.mosquitto import ManagedMosquitto, managed_broker
 from hub.config import HubConfig
@@ -39,15 +38,6 @@ log = logging.getLogger(__name__)
 
 FLEET_JOB_SECONDS = 2.0
 CONNECT_TIMEOUT_S = 15.0
-
-
-def client_context(files: TlsFiles) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(files.ca_file) if files.ca_file else None)
-    if files.cert_file is not None:
-        context.load_cert_chain(
-            str(files.cert_file), str(files.key_file) if files.key_file else None
-        )
-    return context
 
 
 @dataclass
@@ -92,7 +82,7 @@ class HubService:
                 host=address.host,
                 port=address.port,
                 client_id="_hub-ingest",
-                tls=client_context(tls) if address.tls else None,
+                tls=tls if address.tls else None,
                 writer="process",
                 writer_processes=writer_processes_for(self.config.database_url),
             ),

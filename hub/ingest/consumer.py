@@ -19,7 +19,6 @@ import contextlib
 import gc
 import logging
 import multiprocessing
-import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -29,14 +28,13 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Literal, NamedTuple
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
 from edge_agent.protocol.errors import MessageError
 from edge_agent.protocol.messages import Envelope, MessageKind, decode
 from edge_agent.protocol.topics import HUB_INGEST_FILTERS
@@ -66,7 +64,7 @@ class IngestSettings:
     client_id: str = "edge-hub-ingest"
     username: str | None = None
     password: str | None = None
-    tls: ssl.SSLContext | None = None
+    tls: TlsFiles | None = None  # given: TLS, with this CA and client certificate
     keepalive_s: int = 30
     # How long the broker keeps this worker's session (and queues for it) while it is away.
     session_expiry_s: int = 7 * 24 * 3600
@@ -314,16 +312,9 @@ class IngestConsumer:
             if settings.writer == "process"
             else []
         )
-        self.client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=True,
-        )
+        self.client = new_client(settings.client_id, tls=settings.tls, manual_ack=True)
         if settings.username is not None:
             self.client.username_pw_set(settings.username, settings.password)
-        if settings.tls is not None:
-            self.client.tls_set_context(settings.tls)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -334,21 +325,17 @@ class IngestConsumer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect and subscribe (waits for the SUBACK), then ingest on background threads."""
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
-        properties.ReceiveMaximum = self.settings.receive_maximum
         for writer in self._process_writers:
             writer.start()
         self._worker = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
         self._worker.start()
-        self.client.connect_async(
-            self.settings.host,
-            self.settings.port,
-            keepalive=self.settings.keepalive_s,
-            clean_start=False,
-            properties=properties,
+        connect_persistent(
+            self.client,
+            BrokerAddress(self.settings.host, self.settings.port, self.settings.tls is not None),
+            keepalive_s=self.settings.keepalive_s,
+            session_expiry_s=self.settings.session_expiry_s,
+            receive_maximum=self.settings.receive_maximum,
         )
-        self.client.loop_start()
         if not self._subscribed.wait(timeout_s):
             self.stop()
             raise TimeoutError(
