@@ -32,11 +32,12 @@ def refresh_once(open_repository: Callable[[], ReleaseRepository]) -> list[str]:
     return resigned
 
 
-def start_refresh_job(
-    open_repository: Callable[[], ReleaseRepository], interval_seconds: int
-) -> BackgroundScheduler:
-    """Run refresh_once now and every `interval_seconds`; the caller shuts it down."""
-    scheduler = BackgroundScheduler(timezone=UTC)
+def add_refresh_job(
+    scheduler: BackgroundScheduler,
+    open_repository: Callable[[], ReleaseRepository],
+    interval_seconds: int,
+) -> None:
+    """Run refresh_once at the scheduler's start and every `interval_seconds`."""
     scheduler.add_job(
         refresh_once,
         "interval",
@@ -44,8 +45,4 @@ def start_refresh_job(
         seconds=interval_seconds,
         next_run_time=datetime.now(UTC),
         id="refresh-metadata",
-        max_instances=1,
-        coalesce=True,
     )
-    scheduler.start()
-    return scheduler

@@ -24,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from edge_agent.mqtt import BrokerAddress
+from edge_agent.scheduling import new_scheduler
 from hub import db
 from hub.broker.mosquitto import ManagedMosquitto, managed_broker
 from hub.config import HubConfig
@@ -32,7 +33,7 @@ from hub.fleet.authority import FleetAuthority
 from hub.fleet.publisher import DesiredPublisher
 from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
-from hub.scheduler import refresh_once
+from hub.scheduler import add_refresh_job
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +114,12 @@ class HubService:
     # --- jobs ----------------------------------------------------------------------------
 
     def _jobs(self) -> BackgroundScheduler:
-        scheduler = BackgroundScheduler(
-            timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
+        scheduler = new_scheduler()
         root, keys = self.repository.root, self.repository.keys_dir
-        scheduler.add_job(
-            refresh_once,
-            "interval",
-            args=[lambda: ReleaseRepository.open(root, keys)],
-            seconds=self.config.repository.refresh_interval_seconds,
-            next_run_time=datetime.now(UTC),
-            id="refresh-metadata",
+        add_refresh_job(
+            scheduler,
+            lambda: ReleaseRepository.open(root, keys),
+            self.config.repository.refresh_interval_seconds,
         )
         scheduler.add_job(
             self.desired_round,

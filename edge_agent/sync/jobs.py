@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from edge_agent.protocol import Envelope, Heartbeat
+from edge_agent.scheduling import new_scheduler
 from edge_agent.sync.link import enqueue
 from edge_agent.sync.outbox import Outbox
 
@@ -65,9 +66,7 @@ def build_scheduler(
     housekeeping: Callable[[], None] | None = None,
 ) -> BackgroundScheduler:
     """A scheduler with the jobs added, not yet started (call .start(), .shutdown())."""
-    scheduler = BackgroundScheduler(
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-    )
+    scheduler = new_scheduler()
     jobs: list[tuple[str, Callable[[], None] | None, float]] = [
         ("heartbeat", heartbeat, intervals.heartbeat_seconds),
         ("outbox-flush", flush, intervals.flush_seconds),

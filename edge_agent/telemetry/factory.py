@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from edge_agent.config import TelemetryConfig
+from edge_agent.scheduling import new_scheduler
 from edge_agent.telemetry.collector import Collector
 from edge_agent.telemetry.hardware import hardware_class
 from edge_agent.telemetry.lifecycle import RunMarker
@@ -66,9 +67,7 @@ class Telemetry:
         publish closed windows from now on."""
         crashed = self.marker.start()
         self.collector.record_restart(crashed=crashed)
-        self._scheduler = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-        )
+        self._scheduler = new_scheduler()
         self._scheduler.add_job(
             self.publisher.publish_due,
             "interval",

@@ -8,8 +8,9 @@ import time
 import pytest
 from tuf.api.metadata import Metadata
 
+from edge_agent.scheduling import new_scheduler
 from hub.registry.repository import ReleaseRepository
-from hub.scheduler import refresh_once, start_refresh_job
+from hub.scheduler import add_refresh_job, refresh_once
 
 
 def spoil_timestamp(repo: ReleaseRepository) -> None:
@@ -42,7 +43,9 @@ def test_refresh_once_survives_a_broken_repository(
 def test_the_job_runs_when_started(repo: ReleaseRepository) -> None:
     spoil_timestamp(repo)
     before = (repo.root / "metadata" / "timestamp.json").read_bytes()
-    jobs = start_refresh_job(lambda: ReleaseRepository.open(repo.root, repo.keys_dir), 3600)
+    jobs = new_scheduler()
+    add_refresh_job(jobs, lambda: ReleaseRepository.open(repo.root, repo.keys_dir), 3600)
+    jobs.start()
     try:
         deadline = time.monotonic() + 10
         while (repo.root / "metadata" / "timestamp.json").read_bytes() == before:
