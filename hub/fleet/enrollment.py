@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from edge_agent.protocol.enrollment import (
@@ -26,6 +26,7 @@ from edge_agent.protocol.enrollment import (
     EnrollmentRequest,
     EnrollmentResponse,
 )
+from hub.artifacts.server import error
 from hub.artifacts.tokens import TokenStore
 from hub.fleet import registry
 from hub.fleet.identity import DeviceCA, EnrollmentTokens, IdentityError
@@ -65,31 +66,25 @@ class EnrollmentDesk:
         )
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 def enrollment_route(desk: EnrollmentDesk) -> Route:
     async def post(request: Request) -> Response:
         body = bytearray()
         async for piece in request.stream():
             body += piece
             if len(body) > MAX_ENROLL_BYTES:
-                return _error(
-                    413, "too_large", f"an enrollment is at most {MAX_ENROLL_BYTES} bytes"
-                )
+                return error(413, "too_large", f"an enrollment is at most {MAX_ENROLL_BYTES} bytes")
         try:
             parsed = EnrollmentRequest.model_validate_json(bytes(body))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
             )
-            return _error(400, "invalid_request", f"not an enrollment request: {problems}")
+            return error(400, "invalid_request", f"not an enrollment request: {problems}")
         try:
             answer = await run_in_threadpool(desk.handle, parsed)
         except IdentityError as exc:
             log.warning("enrollment of %s refused: %s", parsed.device_id, exc)
-            return _error(403, "enrollment_refused", f"{exc}; ask the operator for a new token")
+            return error(403, "enrollment_refused", f"{exc}; ask the operator for a new token")
         return Response(answer.model_dump_json(), media_type="application/json")
 
     return Route(ENROLL_PATH, post, methods=["POST"])

@@ -271,10 +271,6 @@ class _ProcessWriter:
             self._unanswered.popleft()
             return result
 
-    def write(self, items: list[tuple[str, bytes]]) -> BatchResult | None:
-        self.send(items)
-        return self.receive()
-
     def close(self, timeout_s: float) -> None:
         if self._connection is not None:
             with contextlib.suppress(OSError):  # already gone
