@@ -365,20 +365,27 @@ def device_enroll(
 @device_app.command("revoke")
 def device_revoke(device_id: Annotated[str, typer.Argument(help="the device to cut off")]) -> None:
     """Revoke a device: its certificates go on the broker's revocation list (a running hub
-    disconnects it within seconds), its download token stops working."""
+    disconnects it within seconds), its download token and any unused enrollment token stop
+    working."""
     from hub.fleet import registry
     from hub.fleet.authority import FleetAuthority
-    from hub.fleet.identity import IdentityError
 
     authority = FleetAuthority(_config())
     try:
         with _database() as engine:
+            registry.get_device(engine, device_id)  # unknown: refused before anything changes
+            # A device that never finished enrolling holds no certificate: nothing to list.
+            issued = authority.ca.issued_to(device_id)
+            count = authority.ca.revoke(device_id) if issued else 0
+            cancelled = authority.enrollment_tokens.cancel(device_id)
+            authority.downloads.revoke(device_id)
             registry.mark_revoked(engine, device_id)
-        count = authority.ca.revoke(device_id)
-    except (registry.RegistryError, IdentityError) as exc:
+    except registry.RegistryError as exc:
         fail(str(exc))
-    authority.downloads.revoke(device_id)
-    typer.echo(f"revoked {device_id}: {count} certificate(s) on the revocation list")
+    typer.echo(
+        f"revoked {device_id}: {count} certificate(s) on the revocation list, "
+        f"{cancelled} unused enrollment token(s) voided"
+    )
 
 
 @device_app.command("assign")

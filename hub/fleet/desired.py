@@ -97,18 +97,9 @@ def assign(
             current = db.get(DesiredRecord, device_id)
             models = {**(current.models if current else {}), model: version}
             sequence = current.sequence + 1 if current else 1
-            record = _signed_record(device_id, sequence, models, key, ttl, at)
-            if current is not None:
-                db.delete(current)
-                db.flush()
-            db.add(record)
-            records.append(record)
+            # merge: the row of this device, replaced or new, by its primary key.
+            records.append(db.merge(_signed_record(device_id, sequence, models, key, ttl, at)))
     return records
-
-
-def desired_of(engine: Engine, device_id: str) -> DesiredRecord | None:
-    with session(engine) as db:
-        return db.get(DesiredRecord, device_id)
 
 
 def pending(engine: Engine) -> list[DesiredRecord]:
@@ -148,13 +139,12 @@ def renew_expiring(
             lifetime = current.expires - current.issued_at
             if current.expires - at > lifetime * RENEW_WHEN_LEFT:
                 continue
-            record = _signed_record(
-                current.device_id, current.sequence + 1, current.models, key, ttl, at
+            db.merge(
+                _signed_record(
+                    current.device_id, current.sequence + 1, current.models, key, ttl, at
+                )
             )
-            db.delete(current)
-            db.flush()
-            db.add(record)
-            renewed.append(record.device_id)
+            renewed.append(current.device_id)
     if renewed:
         log.info("re-signed desired state of %d devices before it expires", len(renewed))
     return renewed

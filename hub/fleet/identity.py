@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -41,6 +40,7 @@ from edge_agent.mqtt import TlsFiles as ClientTls
 from edge_agent.protocol.errors import shown
 from edge_agent.protocol.topics import HUB_USERNAME, is_valid_name
 from edge_agent.sync.identity import key_pem, make_csr, new_key
+from hub.artifacts.tokens import token_hash
 
 CA_NAME = "edge-hub device CA"
 CA_VALID_DAYS = 20 * 365
@@ -435,7 +435,7 @@ class DeviceCA:
         must reload the CRL (ManagedMosquitto.reload) for it to take effect."""
         with _locked(self.folder / ".ca.lock"):
             issued = self._issued()
-            mine = [entry for entry in issued.values() if entry["name"] == name]
+            mine = self._entries_of(issued, name)
             if not mine:
                 raise IdentityError(f"no certificate was issued to {shown(name)}")
             fresh = [entry for entry in mine if entry["revoked_at"] is None]
@@ -445,9 +445,17 @@ class DeviceCA:
             self._write_crl()
         return len(fresh)
 
+    @staticmethod
+    def _entries_of(issued: dict[str, Any], name: str) -> list[dict[str, Any]]:
+        return [entry for entry in issued.values() if entry["name"] == name]
+
+    def issued_to(self, name: str) -> int:
+        """How many certificates were ever issued to `name`."""
+        return len(self._entries_of(self._issued(), name))
+
     def is_revoked(self, name: str) -> bool:
         """True when every certificate issued to `name` is revoked (and one was issued)."""
-        mine = [entry for entry in self._issued().values() if entry["name"] == name]
+        mine = self._entries_of(self._issued(), name)
         return bool(mine) and all(entry["revoked_at"] is not None for entry in mine)
 
     def revoked_serials(self) -> list[int]:
@@ -463,10 +471,6 @@ class DeviceCA:
         ]
         crl = build_crl(self._key, self._cert, revoked)
         write_atomic(self.crl_path, _pem(crl), mode=_PUBLIC_MODE)
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class EnrollmentTokens:
@@ -486,7 +490,7 @@ class EnrollmentTokens:
         token = secrets.token_urlsafe(32)
         with _locked(self.path.with_name(f".{self.path.name}.lock")):
             tokens = self._prune(_read_json(self.path))
-            tokens[_token_hash(token)] = {
+            tokens[token_hash(token)] = {
                 "device_id": device_id,
                 "expires_at": (_now() + ttl).isoformat(),
             }
@@ -503,7 +507,7 @@ class EnrollmentTokens:
         }
 
     def _find(self, tokens: dict[str, Any], token: str) -> tuple[str, dict[str, Any]]:
-        digest = _token_hash(token)
+        digest = token_hash(token)
         for known, entry in tokens.items():
             if hmac.compare_digest(known, digest):
                 if dt.datetime.fromisoformat(entry["expires_at"]) <= _now():
@@ -514,6 +518,14 @@ class EnrollmentTokens:
     def pending(self) -> list[str]:
         """Device ids with an unused, unexpired token."""
         return sorted(entry["device_id"] for entry in self._prune(_read_json(self.path)).values())
+
+    def cancel(self, device_id: str) -> int:
+        """Void every unused token made for `device_id`; how many there were."""
+        with _locked(self.path.with_name(f".{self.path.name}.lock")):
+            tokens = self._prune(_read_json(self.path))
+            kept = {k: v for k, v in tokens.items() if v["device_id"] != device_id}
+            _write_json(self.path, kept)
+        return len(tokens) - len(kept)
 
     @contextlib.contextmanager
     def redeem(self, token: str) -> Iterator[str]:

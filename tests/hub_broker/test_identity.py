@@ -204,3 +204,14 @@ def test_corrupt_ca_key_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(IdentityError, match="is not the key of"):
         DeviceCA(ca.folder)
+
+
+def test_cancel_voids_only_that_devices_tokens(tmp_path: Path) -> None:
+    tokens = EnrollmentTokens(tmp_path / "tokens.json")
+    tokens.create("dev-a")
+    tokens.create("dev-a")
+    kept = tokens.create("dev-b")
+    assert tokens.cancel("dev-a") == 2 and tokens.cancel("dev-a") == 0
+    assert tokens.pending() == ["dev-b"]
+    with tokens.redeem(kept) as device_id:
+        assert device_id == "dev-b"
