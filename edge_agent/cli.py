@@ -504,7 +504,7 @@ def status() -> None:
         typer.echo("update: idle")
     else:
         typer.echo(f"update: {record.model} {record.version} {record.phase}")
-    typer.echo(f"telemetry: {_telemetry_policy()}")
+    typer.echo(f"telemetry: {_telemetry_policy(linked=sync is not None)}")
 
 
 telemetry_app = typer.Typer(
@@ -516,20 +516,22 @@ app.add_typer(telemetry_app, name="telemetry")
 @telemetry_app.command("show")
 def telemetry_show() -> None:
     """Print every telemetry message this device sent or queued, byte for byte, decoded."""
+    from edge_agent.sync.settings import OUTBOX_FILE, sync_settings
     from edge_agent.telemetry import factory
 
     config = _config()
-    typer.echo(f"policy: {_telemetry_policy()}")
-    from edge_agent.sync.settings import OUTBOX_FILE
-
+    try:
+        linked = sync_settings(config) is not None
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"policy: {_telemetry_policy(linked=linked)}")
     typer.echo(factory.show(config.telemetry, config.data_dir, config.sync_dir / OUTBOX_FILE))
 
 
-def _telemetry_policy() -> str:
-    from edge_agent.sync.settings import sync_settings
-
+def _telemetry_policy(*, linked: bool) -> str:
+    """The policy in words; `linked`: the device is in a fleet (it has somewhere to send)."""
     policy = _config().telemetry.policy
-    if policy == "aggregate" and sync_settings(_config()) is None:
+    if policy == "aggregate" and not linked:
         return "aggregate, but kept locally only: this device is in no fleet"
     return {
         "off": "off: nothing is collected",
