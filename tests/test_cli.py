@@ -113,11 +113,12 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tiny_model_dir: Path)
             except httpx.ConnectError:
                 pass
             time.sleep(0.05)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["assistant"]
-        reply = client.chat.completions.create(
-            model="assistant", messages=[{"role": "user", "content": "hi"}], max_tokens=5
-        )
+        url = f"http://127.0.0.1:{port}/v1"
+        with openai.OpenAI(base_url=url, api_key="x", max_retries=0) as client:
+            assert [m.id for m in client.models.list()] == ["assistant"]
+            reply = client.chat.completions.create(
+                model="assistant", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
         assert reply.usage is not None and reply.usage.completion_tokens == 5
     finally:
         proc.send_signal(signal.SIGINT)

@@ -40,10 +40,10 @@ def test_demo_fleet_rolls_out_serves_and_stops_cleanly(tmp_path: Path) -> None:
 
         found = re.search(r"demo-1\s+(http://127\.0\.0\.1:\d+/v1)", summary)
         assert found is not None, summary
-        client = OpenAI(base_url=found[1], api_key="unused", max_retries=0, timeout=30)
-        reply = client.chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
-        )
+        with OpenAI(base_url=found[1], api_key="unused", max_retries=0, timeout=30) as client:
+            reply = client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
+            )
         assert reply.usage is not None and reply.usage.completion_tokens > 0
 
         assert len(leftovers(folder)) == 4  # the hub, its Mosquitto, two agents: seen here

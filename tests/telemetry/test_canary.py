@@ -66,26 +66,26 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
         device.broker_port = broker.port
         try:
             device.serve("tiny")
-            client = openai.OpenAI(
+            with openai.OpenAI(  # closed: its connections must not outlive the test
                 base_url=f"http://127.0.0.1:{device.api_port}/v1", api_key="unused"
-            )
-            for number, canary in enumerate(canaries):
-                prompt = f"Summarise the file of patient {canary}, please."
-                if number % 2:
-                    chat = client.chat.completions.create(
-                        model="tiny",
-                        messages=[{"role": "user", "content": prompt}],
-                        max_tokens=12,
-                        user=canary,
-                    )
-                    answers.append(chat.choices[0].message.content or "")
-                else:
-                    stream = client.completions.create(
-                        model="tiny", prompt=prompt, max_tokens=12, stream=True
-                    )
-                    answers.append("".join(c.choices[0].text for c in stream if c.choices))
-            with pytest.raises(openai.NotFoundError):  # an error path that echoes the name
-                client.completions.create(model=canaries[0], prompt="x", max_tokens=2)
+            ) as client:
+                for number, canary in enumerate(canaries):
+                    prompt = f"Summarise the file of patient {canary}, please."
+                    if number % 2:
+                        chat = client.chat.completions.create(
+                            model="tiny",
+                            messages=[{"role": "user", "content": prompt}],
+                            max_tokens=12,
+                            user=canary,
+                        )
+                        answers.append(chat.choices[0].message.content or "")
+                    else:
+                        stream = client.completions.create(
+                            model="tiny", prompt=prompt, max_tokens=12, stream=True
+                        )
+                        answers.append("".join(c.choices[0].text for c in stream if c.choices))
+                with pytest.raises(openai.NotFoundError):  # an error path that echoes the name
+                    client.completions.create(model=canaries[0], prompt="x", max_tokens=2)
         finally:
             device.stop()  # a clean stop queues the open telemetry window
         device.serve("tiny")  # ...and the link sends it once connected again
