@@ -310,7 +310,6 @@ class Demo:
 
     def _set_up(self) -> None:
         self._stop_leftovers()
-        self._check_mosquitto()
         self._releases()
         self._choose_ports()  # after the slow imports, so the ports are still free to bind
         self._write_hub_config()
@@ -343,14 +342,6 @@ class Demo:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             step.result = f"stopped {len(found)} processes left by an earlier demo"
-
-    def _check_mosquitto(self) -> None:
-        from hub.broker.mosquitto import INSTALL_HINT, BrokerMissing, find_mosquitto
-
-        try:
-            find_mosquitto()
-        except BrokerMissing:
-            raise DemoError(f"the demo hub runs Mosquitto: {INSTALL_HINT}") from None
 
     def _choose_ports(self) -> None:
         o = self.options
@@ -490,7 +481,7 @@ class Demo:
             self.hub.start()
             self._wait("the hub to answer", self._hub_up, START_TIMEOUT_S)
             step.result = (
-                f"hub at {self.hub_url}, Mosquitto at mqtts://127.0.0.1:{self.ports['broker']}"
+                f"hub at {self.hub_url}, broker at mqtts://127.0.0.1:{self.ports['broker']}"
             )
 
     def _hub_up(self) -> bool:

@@ -2,12 +2,13 @@
 jobs, started in order and stopped in reverse. `edge-hub serve` runs this beside the HTTP
 server (artifacts and enrollment).
 
-    broker           Mosquitto as a child process (managed), or the configured external one
+    broker           Mosquitto as a child process (managed; the embedded fallback broker
+                     where Mosquitto is missing), or the configured external one
     ingest           one worker on the shared subscriptions: reports into the database
     publisher        signed desired state, retained, on each device's topic
     jobs             metadata refresh; desired state published and renewed; the fleet
-                     watched: a revocation (a newly revoked certificate) restarts the broker so the
-                     device's open connection ends too, and new group membership rewrites
+                     watched: a revocation (a newly revoked certificate) makes the broker cut
+                     off the device's open connection too, and new group membership rewrites
                      the broker's ACL
 
 Commands in other processes (`edge-hub device revoke`, `group add`) change the files and
@@ -26,7 +27,7 @@ from sqlalchemy import Engine
 from edge_agent.mqtt import BrokerAddress
 from edge_agent.scheduling import new_scheduler
 from hub import db
-from hub.broker.mosquitto import ManagedMosquitto, managed_broker
+from hub.broker import ChildBroker, managed_broker
 from hub.config import HubConfig
 from hub.fleet import desired, registry
 from hub.fleet.authority import FleetAuthority
@@ -47,7 +48,7 @@ class HubService:
     repository: ReleaseRepository
     engine: Engine = field(init=False)
     authority: FleetAuthority = field(init=False)
-    broker: ManagedMosquitto | None = field(default=None, init=False)
+    broker: ChildBroker | None = field(default=None, init=False)
     ingest: IngestConsumer | None = field(default=None, init=False)
     publisher: DesiredPublisher | None = field(default=None, init=False)
     scheduler: BackgroundScheduler | None = field(default=None, init=False)
@@ -71,7 +72,7 @@ class HubService:
         self.authority.director.private_key()  # made now, not at the first enrollment
         ca = self.authority.ca
         address = BrokerAddress.parse(self.config.broker.hub_url)
-        if self.config.broker.mode == "managed":
+        if self.config.broker.mode != "external":
             self._groups = self._device_groups()
             self.broker = managed_broker(self.config, ca, self._groups)
             self.broker.start()
@@ -145,9 +146,9 @@ class HubService:
             return
         revoked = self.authority.ca.revoked_serials()
         if revoked != self._revoked:
-            log.info("a certificate was revoked: restarting the broker to cut the device off")
+            log.info("a certificate was revoked: the broker cuts the device off")
             self._revoked = revoked
-            self.broker.restart()
+            self.broker.cut_off_revoked()
         groups = self._device_groups()
         if groups != self._groups:
             self._groups = groups

@@ -12,7 +12,6 @@ import getpass
 import queue
 import socket
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hub.broker import BrokerMissing, find_mosquitto
-from hub.broker.process import BrokerProcess
+from hub.broker.process import BrokerProcess, ProcessExited
 
 __all__ = ["BrokerMissing", "Endpoint", "MosquittoBroker", "TestClient", "free_port"]
 
@@ -101,19 +100,17 @@ class MosquittoBroker:
 
     def _launch(self) -> None:
         self._write_config()
-        self._process.spawn(self.binary, self.config_path, self.workdir / "mosquitto.out")
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            code = self._process.exit_code()
-            if code is not None:
-                raise RuntimeError(f"mosquitto exited with {code}: {self}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.005)
-        self.kill()
-        raise RuntimeError(f"mosquitto did not accept connections in {READY_TIMEOUT_S} s: {self}")
+        self._process.spawn(
+            [str(self.binary), "-c", str(self.config_path)], self.workdir / "mosquitto.out"
+        )
+        try:
+            listening = self._process.wait_listening(HOST, self.port, READY_TIMEOUT_S, lambda: True)
+        except ProcessExited as exited:
+            raise RuntimeError(f"mosquitto {exited}: {self}") from None
+        if not listening:
+            raise RuntimeError(
+                f"mosquitto did not accept connections in {READY_TIMEOUT_S} s: {self}"
+            )
 
     def stop(self) -> None:
         """Stop as a service manager would: SIGTERM, and the broker saves its state."""

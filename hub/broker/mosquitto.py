@@ -18,27 +18,17 @@ every change, a generous `max_queued_messages` (the default silently drops messa
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import shutil
-import signal
-import socket
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from edge_agent.atomic import make_dirs, write_atomic
 from edge_agent.protocol import MAX_MESSAGE_BYTES
-from edge_agent.protocol.topics import HUB_USERNAME, broker_acl
-from hub.broker.process import BrokerProcess
-from hub.config import HubConfig
+from edge_agent.protocol.topics import broker_acl
+from hub.broker.child import BrokerMissing, ChildBroker
 from hub.fleet.identity import DeviceCA, TlsFiles
 
-log = logging.getLogger(__name__)
-
-READY_TIMEOUT_S = 10.0
 MAX_QUEUED_MESSAGES = 1_000_000
 # Room for the MQTT header, topic and properties around the largest payload the protocol
 # allows. Mosquitto 2.0 recommends `max_packet_size` over the older `message_size_limit`;
@@ -46,14 +36,6 @@ MAX_QUEUED_MESSAGES = 1_000_000
 MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (4 << 10)
 SEARCH_DIRS = (Path("/usr/sbin"), Path("/usr/local/sbin"))
 INSTALL_HINT = "install the Debian package mosquitto (scripts/setup does it)"
-
-
-class BrokerError(RuntimeError):
-    pass
-
-
-class BrokerMissing(BrokerError):
-    pass
 
 
 def find_mosquitto(binary: Path | None = None) -> Path:
@@ -120,9 +102,12 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-class ManagedMosquitto:
-    """start(), stop(), reload(); set_device_groups() rewrites the ACL and reloads,
-    revoke() puts a device on the CRL and reloads."""
+class ManagedMosquitto(ChildBroker):
+    """set_device_groups() rewrites the ACL and reloads; a revocation restarts Mosquitto
+    (sessions and queued messages persist across it), since a reload leaves connections
+    that are already open."""
+
+    name = "mosquitto"
 
     def __init__(
         self,
@@ -134,13 +119,8 @@ class ManagedMosquitto:
         device_groups: Mapping[str, Iterable[str]] | None = None,
         binary: Path | None = None,
     ) -> None:
+        super().__init__(data_dir, ca, host=host, port=port, device_groups=device_groups)
         self.binary = find_mosquitto(binary)
-        self.data_dir = data_dir
-        self.ca = ca
-        self.host = host
-        self.port = port
-        self._device_groups = {d: list(g) for d, g in (device_groups or {}).items()}
-        self._process = BrokerProcess()
 
     @property
     def config_path(self) -> Path:
@@ -151,29 +131,16 @@ class ManagedMosquitto:
         return self.data_dir / "acl"
 
     @property
-    def log_path(self) -> Path:
-        return self.data_dir / "mosquitto.log"
-
-    @property
     def persistence_dir(self) -> Path:
         return self.data_dir / "data"
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
-    def hub_client_files(self) -> TlsFiles:
-        """The CA, certificate and key the hub's own MQTT clients connect with."""
-        return self.ca.hub_client_files(HUB_USERNAME)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def _write_acl(self) -> None:
         text = "\n".join(broker_acl(self._device_groups)) + "\n"
         write_atomic(self.acl_path, text.encode(), mode=0o600)
 
-    def _write_config(self) -> None:
+    def _prepare(self) -> None:
+        make_dirs(self.persistence_dir)
+        self._write_acl()
         text = render_config(
             host=self.host,
             port=self.port,
@@ -186,55 +153,8 @@ class ManagedMosquitto:
         )
         write_atomic(self.config_path, text.encode(), mode=0o600)
 
-    def start(self) -> None:
-        """Write the config and ACL, start Mosquitto, return once it accepts connections;
-        BrokerError (with the end of its log) if it exits or never listens."""
-        if self.running:
-            raise BrokerError("the broker is already running")
-        make_dirs(self.persistence_dir)
-        self.data_dir.chmod(0o700)
-        self.hub_client_files()
-        self._write_acl()
-        self._write_config()
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._process.spawn(self.binary, self.config_path, self.data_dir / "mosquitto.out")
-        # Ready: Mosquitto says it runs (so it bound the port, rather than someone else
-        # holding it) and a connection is accepted.
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            code = self._process.exit_code()
-            if code is not None:
-                raise BrokerError(f"mosquitto exited with {code}: {self._tail()}")
-            if self._says_running(log_offset):
-                try:
-                    with socket.create_connection((self.host, self.port), timeout=0.5):
-                        log.info("mosquitto listening on %s:%s", self.host, self.port)
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.005)
-        self.kill()
-        raise BrokerError(f"mosquitto did not listen in {READY_TIMEOUT_S} s: {self._tail()}")
-
-    def _says_running(self, offset: int) -> bool:
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(offset)
-                return b" running" in handle.read()
-        except FileNotFoundError:
-            return False
-
-    def _tail(self) -> str:
-        out = self.data_dir / "mosquitto.out"
-        text = self.log() + (out.read_text(errors="replace") if out.exists() else "")
-        return f"{self.host}:{self.port}, log:\n{text[-2000:]}"
-
-    def reload(self) -> None:
-        """SIGHUP: Mosquitto rereads the ACL file and the TLS files, CRL included. Clients
-        already connected stay connected; a revocation that must cut one off needs
-        restart() (sessions and queued messages persist across it)."""
-        if not self._process.send(signal.SIGHUP):
-            raise BrokerError("the broker is not running")
+    def _argv(self) -> list[str]:
+        return [str(self.binary), "-c", str(self.config_path)]
 
     def set_device_groups(self, device_groups: Mapping[str, Iterable[str]]) -> None:
         """Regenerate the ACL for new group membership, and reload when running."""
@@ -243,52 +163,5 @@ class ManagedMosquitto:
         if self.running:
             self.reload()
 
-    def revoke(self, device_id: str) -> int:
-        """Revoke the device's certificates (CRL rewritten atomically) and cut it off: a
-        restart, so a connection it already holds ends too. Returns how many certificates
-        were newly revoked."""
-        count = self.ca.revoke(device_id)
-        if self.running:
-            self.restart()
-        return count
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its state and exits."""
-        self._process.stop()
-
-    def kill(self) -> None:
-        self._process.kill()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def managed_broker(
-    config: HubConfig, ca: DeviceCA, device_groups: Mapping[str, Iterable[str]] | None = None
-) -> ManagedMosquitto:
-    """The broker `config` asks the hub to run; BrokerError when `[broker] mode` is
-    external (the hub then only connects to `url`), BrokerMissing without Mosquitto."""
-    broker = config.broker
-    if broker.mode != "managed":
-        raise BrokerError(f"[broker] mode is {broker.mode!r}: the hub uses {broker.url}, runs none")
-    return ManagedMosquitto(
-        broker.data_dir.expanduser(),
-        ca,
-        host=broker.host,
-        port=broker.port,
-        device_groups=device_groups,
-        binary=broker.binary.expanduser() if broker.binary else None,
-    )
+    def cut_off_revoked(self) -> None:
+        self.restart()

@@ -1,16 +1,25 @@
-"""A Mosquitto child process: spawn, signal, stop as a service manager would, or kill.
+"""A broker child process: spawn, signal, stop as a service manager would, or kill.
 
-Shared by the hub's managed broker and the tests' private broker, so both stop, crash
-and restart a broker the same way.
+Shared by the hub's brokers (Mosquitto or the fallback) and the tests' private broker, so
+all stop, crash and restart a broker the same way.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 STOP_TIMEOUT_S = 10.0
+
+
+class ProcessExited(RuntimeError):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exited with {code}")
+        self.code = code
 
 
 class BrokerProcess:
@@ -21,14 +30,35 @@ class BrokerProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def spawn(self, binary: Path, config_path: Path, output_path: Path) -> None:
+    def spawn(self, argv: list[str], output_path: Path) -> None:
         with output_path.open("ab") as out:
             self._process = subprocess.Popen(
-                [str(binary), "-c", str(config_path)],
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+
+    def wait_listening(
+        self, host: str, port: int, timeout_s: float, says_running: Callable[[], bool]
+    ) -> bool:
+        """Wait until the broker says it runs (so it bound the port, rather than someone
+        else holding it) and accepts a connection. False after `timeout_s` (the process is
+        then killed); ProcessExited if it ends first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.exit_code()
+            if code is not None:
+                raise ProcessExited(code)
+            if says_running():
+                try:
+                    with socket.create_connection((host, port), timeout=0.5):
+                        return True
+                except OSError:
+                    pass
+            time.sleep(0.005)
+        self.kill()
+        return False
 
     def exit_code(self) -> int | None:
         """The exit status once the process has ended (it is then forgotten), else None."""
@@ -38,16 +68,16 @@ class BrokerProcess:
         self._process = None
         return code
 
-    def send(self, signum: signal.Signals) -> bool:
-        """Signal the running broker; False when none runs."""
+    def send_hangup(self) -> bool:
+        """SIGHUP (reload) to the running broker; False when none runs."""
         if not self.running:
             return False
         assert self._process is not None
-        self._process.send_signal(signum)
+        self._process.send_signal(signal.SIGHUP)
         return True
 
     def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its state and exits."""
+        """SIGTERM: the broker saves what it keeps and exits."""
         if self._process is None:
             return
         if self._process.poll() is None:

@@ -1,6 +1,7 @@
 """The whole fleet path, as operators run it: `edge-hub serve` (managed Mosquitto, the hub
-database on SQLite and on PostgreSQL), a device enrolled with a token, a release assigned
-by signed desired state, installed, reported back; then the device revoked and cut off."""
+database on SQLite and on PostgreSQL; and the embedded fallback broker), a device enrolled
+with a token, a release assigned by signed desired state, installed, reported back; then
+the device revoked and cut off."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub import db
 from hub.registry.repository import ReleaseRepository
 from tests.conftest import free_port
 from tests.fleet.processes import BIN, active_on_hub, wait_for
@@ -29,6 +31,7 @@ class Hub:
     database_url: str
     http_port: int
     broker_port: int
+    broker_mode: str = "managed"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,6 +51,7 @@ dir = "{self.root / "repository"}"
 port = {self.http_port}
 tokens_file = "{self.root / "device-tokens.json"}"
 [broker]
+mode = "{self.broker_mode}"
 port = {self.broker_port}
 data_dir = "{self.root / "broker"}"
 identity_dir = "{self.root / "identity"}"
@@ -149,14 +153,15 @@ class Device:
             self.process.wait(30)
 
 
-@pytest.fixture
-def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
+def running_hub(
+    database_url: str, tmp_path: Path, tiny_model_dir: Path, broker_mode: str
+) -> Iterator[Hub]:
     root = tmp_path / "hub"
     repo = ReleaseRepository.create(root / "repository", root / "keys")
     repo.publish(tiny_model_dir, "tiny", "1.0.0")
     variant = Fleet(repo, tmp_path / "unused", tiny_model_dir, tmp_path).variant("v11", top_k=5)
     repo.publish(variant, "tiny", "1.1.0")
-    running = Hub(root, database_url, free_port(), free_port())
+    running = Hub(root, database_url, free_port(), free_port(), broker_mode)
     running.write_config()
     running.start()
     try:
@@ -165,7 +170,30 @@ def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub
         running.stop()
 
 
+@pytest.fixture
+def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
+    yield from running_hub(database_url, tmp_path, tiny_model_dir, "managed")
+
+
+@pytest.fixture
+def fallback_hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
+    url = db.sqlite_url(tmp_path / "hub.sqlite3")
+    yield from running_hub(url, tmp_path, tiny_model_dir, "embedded")
+
+
 def test_enroll_assign_report_revoke(hub: Hub, tmp_path: Path) -> None:
+    fleet_path(hub, tmp_path)
+
+
+def test_fleet_path_on_the_embedded_fallback_broker(fallback_hub: Hub, tmp_path: Path) -> None:
+    """Where Mosquitto is missing the hub runs its own broker: the fleet still works end to
+    end, and the hub's log says loudly what that broker lacks."""
+    fleet_path(fallback_hub, tmp_path)
+    log = fallback_hub.log()
+    assert "EMBEDDED FALLBACK BROKER" in log and "ACLs and persistence are OFF" in log
+
+
+def fleet_path(hub: Hub, tmp_path: Path) -> None:
     enrolled = hub.cli("device", "enroll", "dev-1")
     assert enrolled.returncode == 0, enrolled.stderr
     token = enrolled.stdout.strip()

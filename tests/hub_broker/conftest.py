@@ -1,4 +1,5 @@
-"""The hub's managed Mosquitto, on a free loopback port, with a fresh device CA."""
+"""The hub's brokers (managed Mosquitto, the embedded fallback) on a free loopback port,
+with a fresh device CA."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hub.broker import BrokerMissing, ManagedMosquitto
+from hub.broker import BrokerMissing, ChildBroker, EmbeddedBroker, ManagedMosquitto
 from hub.fleet.identity import DeviceCA, TlsFiles, key_pem, make_csr, new_key
-from tests.mqtt_broker import TestClient, free_port
+from tests.mqtt_broker import Endpoint, TestClient, free_port
 
 DEVICE_GROUPS = {"dev-a": ["lab"], "dev-b": ["lab"]}
 
@@ -21,15 +22,30 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> DeviceCA:
 
 
 @pytest.fixture
-def broker(tmp_path: Path, ca: DeviceCA) -> Iterator[ManagedMosquitto]:
-    try:
-        managed = ManagedMosquitto(
-            tmp_path / "broker", ca, port=free_port(), device_groups=DEVICE_GROUPS
-        )
-    except BrokerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+def broker(request: pytest.FixtureRequest, tmp_path: Path, ca: DeviceCA) -> Iterator[ChildBroker]:
+    """The managed Mosquitto; with `both_brokers`, the embedded fallback broker as well."""
+    managed: ChildBroker
+    if getattr(request, "param", "mosquitto") == "fallback":
+        managed = EmbeddedBroker(tmp_path / "fallback", ca, port=free_port())
+    else:
+        try:
+            managed = ManagedMosquitto(
+                tmp_path / "broker", ca, port=free_port(), device_groups=DEVICE_GROUPS
+            )
+        except BrokerMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
     with managed:
         yield managed
+
+
+@pytest.fixture
+def fallback(tmp_path: Path, ca: DeviceCA) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(tmp_path / "fallback", ca, port=free_port()) as embedded:
+        yield embedded
+
+
+both_brokers = pytest.mark.parametrize("broker", ["mosquitto", "fallback"], indirect=True)
+"""For what every broker the hub runs must do alike."""
 
 
 def device_files(
@@ -51,7 +67,7 @@ def save_files(
 
 
 def tls_client(
-    broker: ManagedMosquitto, client_id: str, files: TlsFiles, *, persistent: bool = False
+    broker: Endpoint, client_id: str, files: TlsFiles, *, persistent: bool = False
 ) -> TestClient:
     """A TLS client; `persistent`: a session that outlives the connection and a restart, so
     a reconnect would get its subscriptions and queued messages back."""

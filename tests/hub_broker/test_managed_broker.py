@@ -1,4 +1,5 @@
-"""The managed Mosquitto fences each device in, checked by delivery, never by acks."""
+"""The managed Mosquitto fences each device in, checked by delivery, never by acks; what
+both the hub's brokers must do (certificates, revocation) runs on the fallback too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from edge_agent.protocol.topics import (
     device_topic,
     group_topic,
 )
-from hub.broker import ManagedMosquitto
+from hub.broker import ChildBroker, ManagedMosquitto
 from hub.fleet.identity import (
     DeviceCA,
     EnrollmentTokens,
@@ -23,7 +24,7 @@ from hub.fleet.identity import (
     make_csr,
     new_key,
 )
-from tests.hub_broker.conftest import device_files, save_files, tls_client
+from tests.hub_broker.conftest import both_brokers, device_files, save_files, tls_client
 from tests.mqtt_broker import TestClient
 
 # Long enough for a delivery on loopback (milliseconds), short enough to keep the suite fast.
@@ -37,8 +38,9 @@ def assert_nothing(client: TestClient) -> None:
         pytest.fail(f"{client.client_id} received {message.topic}: {message.payload!r}")
 
 
+@both_brokers
 def test_device_reports_and_hub_receives_on_shared_subscription(
-    broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path
+    broker: ChildBroker, ca: DeviceCA, tmp_path: Path
 ) -> None:
     files = device_files(ca, tmp_path, "dev-a")
     with (
@@ -87,7 +89,8 @@ def test_device_cannot_speak_for_or_read_another(
             assert b.receive().payload == b"for-b"
 
 
-def test_client_without_certificate_is_refused(broker: ManagedMosquitto) -> None:
+@both_brokers
+def test_client_without_certificate_is_refused(broker: ChildBroker) -> None:
     client = TestClient(broker, "nobody", ca_file=broker.ca.ca_cert_path)
     try:
         # paho's TLS handshake "succeeds" before the broker checks the missing certificate;
@@ -98,7 +101,8 @@ def test_client_without_certificate_is_refused(broker: ManagedMosquitto) -> None
         client.disconnect()
 
 
-def test_certificate_from_another_ca_is_refused(broker: ManagedMosquitto, tmp_path: Path) -> None:
+@both_brokers
+def test_certificate_from_another_ca_is_refused(broker: ChildBroker, tmp_path: Path) -> None:
     rogue = DeviceCA(tmp_path / "rogue-ca")
     files = device_files(rogue, tmp_path / "rogue", "dev-a")
     client = TestClient(
@@ -111,7 +115,7 @@ def test_certificate_from_another_ca_is_refused(broker: ManagedMosquitto, tmp_pa
         client.disconnect()
 
 
-def refused(broker: ManagedMosquitto, client_id: str, files: TlsFiles) -> bool:
+def refused(broker: ChildBroker, client_id: str, files: TlsFiles) -> bool:
     client = tls_client(broker, client_id, files)
     try:
         client.connect(timeout_s=1.0)
@@ -122,8 +126,9 @@ def refused(broker: ManagedMosquitto, client_id: str, files: TlsFiles) -> bool:
     return False
 
 
+@both_brokers
 def test_revoked_device_is_cut_off_and_cannot_reconnect(
-    broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path
+    broker: ChildBroker, ca: DeviceCA, tmp_path: Path
 ) -> None:
     files = device_files(ca, tmp_path, "dev-revoked")
     desired = device_topic("dev-revoked", DeviceTopic.DESIRED)
@@ -135,7 +140,7 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
         hub.publish(desired, b"before")
         assert device.receive().payload == b"before"
 
-        assert broker.revoke("dev-revoked") == 1  # CRL rewritten, broker restarted
+        assert broker.revoke("dev-revoked") == 1  # CRL rewritten, the broker cuts it off
         assert ca.is_revoked("dev-revoked")
         # The open connection is gone and paho's reconnects are refused: its persistent
         # session would deliver this message after any reconnect; nothing arrives.
@@ -150,11 +155,12 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
     assert not refused(broker, "dev-a", device_files(ca, tmp_path, "dev-a"))
 
 
-def test_crl_takes_effect_on_reload(broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path) -> None:
+@both_brokers
+def test_crl_takes_effect_on_reload(broker: ChildBroker, ca: DeviceCA, tmp_path: Path) -> None:
     files = device_files(ca, tmp_path, "dev-c")
     assert not refused(broker, "dev-c", files)
     ca.revoke("dev-c")
-    broker.reload()  # SIGHUP: Mosquitto 2.0 rereads the CRL
+    broker.reload()  # SIGHUP: the broker rereads the CRL
     deadline = 20
     while not refused(broker, "dev-c", files):  # the signal is handled asynchronously
         deadline -= 1
