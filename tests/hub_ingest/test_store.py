@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from hub.fleet import registry
 from hub.fleet.models import InstallEventRecord, ReceivedMessage, ReportedModelState
 from hub.ingest.store import now, store
+from hub.telemetry.models import TELEMETRY
 from tests.hub_ingest.helpers import T0, count, event, heartbeat, report
+from tests.hub_telemetry.helpers import busy
 
 
 def test_a_message_stored_twice_counts_once(engine: Engine) -> None:
@@ -38,3 +40,14 @@ def test_newest_report_in_one_batch_wins(engine: Engine) -> None:
     with engine.begin() as connection:
         store(connection, [report("d", "3.0.0", seconds=3), report("d", "1.0.0", seconds=1)], now())
     assert registry.show_device(engine, "d").models[0].active == "3.0.0"
+
+
+def test_one_batch_mixes_missing_whole_and_fractional_floats(engine: Engine) -> None:
+    """PostgreSQL takes each column as one array: a float column with None, a whole number
+    and a fraction in one batch must still store as given."""
+    batch = [busy(0), busy(1, dp_epsilon=1.0), busy(2, dp_epsilon=0.25)]
+    with engine.begin() as connection:
+        assert store(connection, batch, now()) == 3
+    with engine.connect() as connection:
+        stored = connection.execute(select(TELEMETRY.c.dp_epsilon)).scalars().all()
+    assert sorted(stored, key=lambda v: -1 if v is None else v) == [None, 0.25, 1.0]
