@@ -6,6 +6,9 @@ the managed Mosquitto; what this broker lacks is the ACL (any client may use any
 persistence (sessions, queues and retained messages live in memory). `reload()` rereads the
 CRL and cuts off connections whose certificate is now revoked, without a restart, so the
 in-memory sessions of everyone else survive a revocation.
+
+Left out because no client of the fleet uses them: QoS 2 (CONNACK says the maximum is 1),
+will messages, topic aliases, subscription identifiers and AUTH.
 """
 
 from __future__ import annotations
