@@ -495,7 +495,7 @@ def serve(
     bind_port = config.artifacts.port if port is None else port
     _say(f"edge-hub {__version__}: releases and enrollment at http://{bind_host}:{bind_port}")
     _say(f"  repository {repository.root}, database {_shown_url(config.database_url)}")
-    where = f"managed {hub.broker.name}" if hub.broker is not None else "external broker"
+    where = hub.broker.description if hub.broker is not None else "external broker"
     _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:
         serve_http(application, bind_host, bind_port)

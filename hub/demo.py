@@ -1,4 +1,5 @@
-"""`edge-hub demo`: the hub with a demo fleet, on its defaults (SQLite, a managed Mosquitto).
+"""`edge-hub demo`: the hub with a demo fleet, on its defaults (SQLite, a managed Mosquitto,
+or the embedded fallback broker where Mosquitto is missing).
 
 Everything lives in one folder with its own hub config, so a demo never touches a real
 hub's data, and a second run reuses what the first made (the repository, the releases,
@@ -13,7 +14,7 @@ the enrolled devices):
 The steps are the operator's: `edge-hub serve`, `edge-hub device enroll`, `edge-agent
 enroll|update|serve`, `edge-hub device assign`, each as a child process. Every child runs
 in its own process group, so Ctrl-C reaches only this process, which stops the agents,
-then the hub, then whatever is left in their groups (the hub's Mosquitto).
+then the hub, then whatever is left in their groups (the hub's broker).
 """
 
 from __future__ import annotations
@@ -139,6 +140,17 @@ def any_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def mosquitto_installed() -> bool:
+    """Whether the demo hub (on its defaults) runs Mosquitto, not its fallback broker."""
+    from hub.broker import BrokerMissing, find_mosquitto
+
+    try:
+        find_mosquitto()
+    except BrokerMissing:
+        return False
+    return True
 
 
 def leftovers(folder: Path) -> list[int]:
@@ -482,6 +494,12 @@ class Demo:
             self._wait("the hub to answer", self._hub_up, START_TIMEOUT_S)
             step.result = (
                 f"hub at {self.hub_url}, broker at mqtts://127.0.0.1:{self.ports['broker']}"
+            )
+        if not mosquitto_installed():
+            self.console.print(
+                "[bold yellow]! Mosquitto is not installed: the hub runs its embedded fallback "
+                "broker, with NO ACL and NO persistence (loopback only). Fine for this demo; "
+                "for a fleet: apt-get install mosquitto[/]"
             )
 
     def _hub_up(self) -> bool:

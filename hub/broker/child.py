@@ -36,6 +36,8 @@ class BrokerMissing(BrokerError):
 class ChildBroker(ABC):
     name: ClassVar[str]
     """The broker's name in logs and files, e.g. "mosquitto"."""
+    description: ClassVar[str]
+    """What the operator is told runs, e.g. "managed Mosquitto"."""
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ WARNING = (
 
 class EmbeddedBroker(ChildBroker):
     name = "fallback-broker"
+    description = "embedded fallback broker (NO ACL, NO persistence)"
 
     def _prepare(self) -> None:
         pass  # everything is on its command line

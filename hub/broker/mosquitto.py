@@ -108,6 +108,7 @@ class ManagedMosquitto(ChildBroker):
     that are already open."""
 
     name = "mosquitto"
+    description = "managed Mosquitto"
 
     def __init__(
         self,
