@@ -7,6 +7,7 @@ so every client of the fleet speaks to the broker with the same settings.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 from paho.mqtt.client import Client
@@ -16,7 +17,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.sync.addresses import BrokerAddress, TlsFiles
 
-__all__ = ["BrokerAddress", "TlsFiles", "connect_persistent", "new_client"]
+__all__ = ["BrokerAddress", "TlsFiles", "connect_persistent", "new_client", "stop_client"]
 
 
 def new_client(
@@ -64,3 +65,13 @@ def connect_persistent(
         broker.host, broker.port, keepalive=keepalive_s, clean_start=False, properties=properties
     )
     client.loop_start()
+
+
+def stop_client(client: Client) -> None:
+    """Disconnect and stop paho's network thread. loop_stop() checks the thread, then joins
+    it, while the thread clears the attribute as it ends: when the disconnect ends the
+    thread in between, the join fails with AttributeError (paho issue #872, open). The
+    thread has then finished, which is all loop_stop() waits for."""
+    client.disconnect()
+    with contextlib.suppress(AttributeError):
+        client.loop_stop()

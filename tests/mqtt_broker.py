@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.mqtt import stop_client
 from hub.broker import BrokerMissing, find_mosquitto
 from hub.broker.process import BrokerProcess, ProcessExited
 
@@ -255,8 +256,7 @@ class TestClient:
         return self.messages.get(timeout=timeout_s)
 
     def disconnect(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     def __enter__(self) -> Self:
         return self.connect()

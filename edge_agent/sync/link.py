@@ -54,7 +54,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client, stop_client
 from edge_agent.protocol import (
     DesiredState,
     DesiredStateRefused,
@@ -215,8 +215,7 @@ class Link:
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
         self._worker.shutdown(wait=True)
         with self._lock:
             self._connected = False

@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
 
-from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client, stop_client
 from edge_agent.protocol import Envelope, SignedDesired, encode, topic_for
 from hub.fleet import desired
 
@@ -41,8 +41,7 @@ class DesiredPublisher:
         connect_persistent(self.client, self.broker, keepalive_s=30, session_expiry_s=0)
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)

@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client
+from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client, stop_client
 from edge_agent.protocol.errors import MessageError
 from edge_agent.protocol.messages import Envelope, MessageKind, decode
 from edge_agent.protocol.topics import HUB_INGEST_FILTERS
@@ -347,8 +347,7 @@ class IngestConsumer:
             self._worker.join(timeout_s)
         for writer in self._process_writers:
             writer.close(timeout_s)
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     @property
     def connections(self) -> int:
