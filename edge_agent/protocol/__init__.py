@@ -38,6 +38,7 @@ from edge_agent.protocol.layout import (
 )
 from edge_agent.protocol.messages import (
     MAX_MESSAGE_BYTES,
+    MAX_PACKET_BYTES,
     SCHEMA_VERSION,
     Announcement,
     Envelope,
@@ -113,6 +114,7 @@ __all__ = [
     "MAX_FILES",
     "MAX_FILE_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_PACKET_BYTES",
     "METADATA_DIR",
     "PEAK_MEMORY_EDGES_MIB",
     "PER_TOKEN_EDGES_S",

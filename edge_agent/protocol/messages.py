@@ -56,6 +56,10 @@ SCHEMA_VERSION = 1
 # Checked by the sender too: Mosquitto disconnects a client over its limit, and paho then
 # resends the same message forever.
 MAX_MESSAGE_BYTES = 64 << 10
+# What a broker must accept to carry that: room for the MQTT header, topic and properties
+# around the largest payload. Both of the hub's brokers enforce it, and MQTT 5 clients learn
+# it from the CONNACK.
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (4 << 10)
 MAX_ERROR_CHARS = 2000
 # Real messages nest about six deep; the bound keeps every accepted message re-encodable.
 MAX_NESTING = 32

@@ -46,13 +46,11 @@ class ChildBroker(ABC):
         *,
         host: str = "127.0.0.1",
         port: int = 8883,
-        device_groups: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.ca = ca
         self.host = host
         self.port = port
-        self._device_groups = {d: list(g) for d, g in (device_groups or {}).items()}
         self._process = BrokerProcess()
 
     @property

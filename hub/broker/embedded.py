@@ -62,7 +62,6 @@ class EmbeddedBroker(ChildBroker):
 
     def set_device_groups(self, device_groups: Mapping[str, Iterable[str]]) -> None:
         """Nothing to carry: this broker has no ACL (the start-up warning says so)."""
-        self._device_groups = {d: list(g) for d, g in device_groups.items()}
 
     def cut_off_revoked(self) -> None:
         self.reload()

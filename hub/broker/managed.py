@@ -44,6 +44,4 @@ def managed_broker(
                     f"[broker] host is {broker.host}"
                 ) from None
             log.warning("%s: falling back to the embedded broker", missing)
-    return EmbeddedBroker(
-        data_dir, ca, host=broker.host, port=broker.port, device_groups=device_groups
-    )
+    return EmbeddedBroker(data_dir, ca, host=broker.host, port=broker.port)

@@ -24,16 +24,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from edge_agent.atomic import make_dirs, write_atomic
-from edge_agent.protocol import MAX_MESSAGE_BYTES
+from edge_agent.protocol import MAX_PACKET_BYTES
 from edge_agent.protocol.topics import broker_acl
 from hub.broker.child import BrokerMissing, ChildBroker
 from hub.fleet.identity import DeviceCA, TlsFiles
 
 MAX_QUEUED_MESSAGES = 1_000_000
-# Room for the MQTT header, topic and properties around the largest payload the protocol
-# allows. Mosquitto 2.0 recommends `max_packet_size` over the older `message_size_limit`;
-# MQTT 5 clients learn it from the CONNACK.
-MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (4 << 10)
 SEARCH_DIRS = (Path("/usr/sbin"), Path("/usr/local/sbin"))
 INSTALL_HINT = "install the Debian package mosquitto (scripts/setup does it)"
 
@@ -80,6 +76,7 @@ def render_config(
         "autosave_on_changes true",
         "autosave_interval 1",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        # Mosquitto 2.0 recommends `max_packet_size` over the older `message_size_limit`.
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"user {user}",
         f"log_dest file {log_path}",
@@ -120,8 +117,9 @@ class ManagedMosquitto(ChildBroker):
         device_groups: Mapping[str, Iterable[str]] | None = None,
         binary: Path | None = None,
     ) -> None:
-        super().__init__(data_dir, ca, host=host, port=port, device_groups=device_groups)
+        super().__init__(data_dir, ca, host=host, port=port)
         self.binary = find_mosquitto(binary)
+        self._device_groups = {d: list(g) for d, g in (device_groups or {}).items()}
 
     @property
     def config_path(self) -> Path:

@@ -24,16 +24,15 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> DeviceCA:
 @pytest.fixture
 def broker(request: pytest.FixtureRequest, tmp_path: Path, ca: DeviceCA) -> Iterator[ChildBroker]:
     """The managed Mosquitto; with `both_brokers`, the embedded fallback broker as well."""
-    managed: ChildBroker
     if getattr(request, "param", "mosquitto") == "fallback":
-        managed = EmbeddedBroker(tmp_path / "fallback", ca, port=free_port())
-    else:
-        try:
-            managed = ManagedMosquitto(
-                tmp_path / "broker", ca, port=free_port(), device_groups=DEVICE_GROUPS
-            )
-        except BrokerMissing as exc:
-            pytest.fail(str(exc), pytrace=False)
+        yield request.getfixturevalue("fallback")
+        return
+    try:
+        managed = ManagedMosquitto(
+            tmp_path / "broker", ca, port=free_port(), device_groups=DEVICE_GROUPS
+        )
+    except BrokerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
     with managed:
         yield managed
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.protocol import MAX_PACKET_BYTES
 from edge_agent.protocol.topics import DeviceTopic, device_topic
 from hub.broker import BrokerMissing, EmbeddedBroker, ManagedMosquitto, managed_broker
-from hub.broker.fallback.server import MAX_PACKET_BYTES
 from hub.config import BrokerConfig, HubConfig
 from hub.fleet.identity import DeviceCA
 from tests.hub_broker.conftest import device_files, tls_client

@@ -24,14 +24,11 @@ from pathlib import Path
 import mqtt5
 from cryptography import x509
 
-from edge_agent.protocol import MAX_MESSAGE_BYTES
+from edge_agent.protocol import MAX_PACKET_BYTES
 from hub.broker.fallback.routing import Message, Router, Subscription
 
 log = logging.getLogger(__name__)
 
-# Room for the MQTT header, topic and properties around the largest payload the protocol
-# allows (the managed Mosquitto uses the same limit).
-MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (4 << 10)
 CONNECT_TIMEOUT_S = 10.0
 READ_BYTES = 1 << 16
 EXPIRY_SWEEP_S = 60.0
@@ -121,7 +118,7 @@ class Connection:
                 try:
                     packet, size = mqtt5.read(view[offset:])
                 except IndexError:  # an incomplete packet: wait for more bytes
-                    if len(view) - offset > MAX_PACKET_BYTES + 5:
+                    if len(view) - offset > MAX_PACKET_BYTES:  # the size counts the header
                         raise ProtocolViolation(
                             mqtt5.DisconnectReasonCode.PACKET_TOO_LARGE,
                             f"a packet over the {MAX_PACKET_BYTES}-byte limit",
