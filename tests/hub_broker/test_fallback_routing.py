@@ -79,6 +79,18 @@ def test_sessions_expire_after_their_interval() -> None:
     assert "dev" not in router.sessions
 
 
+def test_an_expired_session_does_not_resume_before_the_sweep() -> None:
+    router = Router()
+    connect(router, "dev", expiry_s=5)
+    router.subscribe("dev", Subscription("a/#", 1))
+    router.close_session("dev")
+    session = router.sessions["dev"]
+    assert session.disconnected_at is not None
+    session.disconnected_at -= 6  # gone longer than its expiry
+    assert not router.open_session("dev", clean_start=False, expiry_s=5)
+    assert router.sessions["dev"].subscriptions == {}
+
+
 def test_shared_subscription_takes_turns_and_prefers_connected_members() -> None:
     router = Router()
     one, two = connect(router, "ingest-1"), connect(router, "ingest-2")

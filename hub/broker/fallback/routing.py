@@ -176,8 +176,9 @@ class Router:
 
     def open_session(self, client_id: str, *, clean_start: bool, expiry_s: int) -> bool:
         """The session a CONNECT asks for; True when an earlier one resumes."""
-        self.expire(time.monotonic())
         session = self.sessions.get(client_id)
+        if session is not None and session.expired(time.monotonic()):
+            session = None  # the periodic sweep had not come to it yet
         present = session is not None and not clean_start
         if session is None or clean_start:
             session = Session(client_id, max_queued=self.max_queued)
