@@ -4,8 +4,7 @@ state (state), periodic jobs (jobs), desired-state orchestration (orchestrate), 
 (service). Exports load lazily: `edge-agent serve` on a device in no fleet, and
 `edge-agent status`, need none of SQLAlchemy or paho."""
 
-from importlib import import_module
-from typing import Any
+from edge_agent.lazy import lazy_exports
 
 _EXPORTS = {
     "InvalidMessage": "edge_agent.sync.errors",
@@ -24,8 +23,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

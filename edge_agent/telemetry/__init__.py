@@ -12,8 +12,7 @@ local transparency log.
     factory        builds them all from TelemetryConfig; `show` for `edge-agent telemetry show`
 """
 
-from importlib import import_module
-from typing import Any
+from edge_agent.lazy import lazy_exports
 
 # Exported lazily: the API imports the collector on every start, and the publisher side
 # (the outbox, SQLAlchemy, paho) must not come with it when nothing is sent. The function
@@ -33,24 +32,5 @@ _EXPORTS = {
     "render": "edge_agent.telemetry.transparency",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "Action",
-    "Collector",
-    "LaplaceNoise",
-    "LogEntry",
-    "Policy",
-    "PrivacyBudget",
-    "Publisher",
-    "RunMarker",
-    "TransparencyLog",
-    "hardware_class",
-    "load_or_create_secret",
-    "render",
-]
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
