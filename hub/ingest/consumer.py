@@ -500,13 +500,6 @@ class IngestConsumer:
         self.stats.batches += 1
         self._ack(batch)
 
-    def _commit(self, envelopes: list[Envelope]) -> int | None:
-        """Store `envelopes` (in this process); see BatchWriter.commit."""
-        before = Counter(self._writer.refused)
-        new = self._writer.commit(envelopes)
-        self.stats.refused.update(self._writer.refused - before)
-        return new
-
     def _ack(self, batch: list[_Delivery]) -> None:
         with self._lock:
             generation = self._generation
