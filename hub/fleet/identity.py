@@ -432,7 +432,7 @@ class DeviceCA:
     def revoke(self, name: str) -> int:
         """Revoke every certificate issued to `name` and rewrite the CRL atomically. The
         number newly revoked; IdentityError if none was ever issued to `name`. The broker
-        must reload the CRL (ManagedMosquitto.reload) for it to take effect."""
+        takes it up with ChildBroker.cut_off_revoked (a running hub does so by itself)."""
         with _locked(self.folder / ".ca.lock"):
             issued = self._issued()
             mine = self._entries_of(issued, name)

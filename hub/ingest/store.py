@@ -164,9 +164,9 @@ _FLOAT_TYPES = frozenset({"FLOAT", "REAL", "DOUBLE PRECISION", "NUMERIC"})
 
 def _columnar(sql: str, types: dict[str, str]) -> str:
     """`INSERT ... VALUES (%(a)s::T, ...) ON CONFLICT ...` as `INSERT ... SELECT * FROM
-    unnest(%(a)s::T[], ...) ON CONFLICT ...`: one statement and one round trip per batch,
-    its arrays built by psycopg's C code, instead of a Python loop over rows. Each batch
-    holds a key once (the callers de-duplicate), as ON CONFLICT DO UPDATE requires."""
+    unnest(%(a)b::T[], ...) ON CONFLICT ...`: one statement and one round trip per batch
+    instead of one per row. Each batch holds a key once (the callers de-duplicate), as ON
+    CONFLICT DO UPDATE requires."""
     head, values = sql.split(" VALUES (", 1)
     binds_text, tail = values.split(") ON CONFLICT ", 1)
     binds = []
