@@ -5,6 +5,10 @@ repository, so the device will find and verify it), then stores a newly signed s
 the next sequence, unpublished. The running hub publishes unpublished states as retained
 messages on each device's desired topic (`publish_pending`) and re-signs states before
 they expire (`renew_expiring`), so a device away for longer still gets a valid one.
+
+Writers may run at once (the CLI's `assign` beside the hub's renewal, in other processes):
+each takes the devices' write lock before it reads a sequence (`_lock_for_write`), so no two
+states are ever signed with the same sequence, which the device would refuse as a replay.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlalchemy import Engine, false, update
+from sqlmodel import Session, col, select
 
 from edge_agent.protocol import DesiredRelease, DesiredState, manifest_target
 from edge_agent.protocol.desired import sign_desired
@@ -36,6 +40,22 @@ class NotListed(ValueError):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _lock_for_write(db: Session, device_ids: list[str] | None = None) -> None:
+    """Hold the write lock of these devices' rows (all devices: None) until the transaction
+    ends, so the sequences read after it are the newest and stay so.
+
+    PostgreSQL: row locks, taken in id order so two writers cannot deadlock. SQLite has no
+    row locks: a write statement makes the transaction a writer at once (the driver begins
+    it there) and holds the database's one write lock; reads after it see every commit."""
+    if db.get_bind().dialect.name == "sqlite":
+        db.execute(update(Device).where(false()).values(id=Device.id))
+        return
+    query = select(Device.id).order_by(col(Device.id)).with_for_update()
+    if device_ids is not None:
+        query = query.where(col(Device.id).in_(device_ids))
+    db.exec(query).all()
 
 
 def _signed_record(
@@ -88,6 +108,7 @@ def assign(
     at = now or _now()
     records = []
     with session(engine) as db:
+        _lock_for_write(db, device_ids)
         for device_id in device_ids:
             device = db.get(Device, device_id)
             if device is None:
@@ -135,6 +156,7 @@ def renew_expiring(
     at = now or _now()
     renewed = []
     with session(engine) as db:
+        _lock_for_write(db)
         for current in db.exec(select(DesiredRecord)).all():
             lifetime = current.expires - current.issued_at
             if current.expires - at > lifetime * RENEW_WHEN_LEFT:

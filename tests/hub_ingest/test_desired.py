@@ -3,6 +3,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -96,3 +97,43 @@ def test_revoking_a_device_that_never_enrolled(
     assert DeviceCA(tmp_path / "identity").issued_to("dev-3") == 0
     unknown = runner.invoke(app, ["device", "revoke", "nobody"], env=env)
     assert unknown.exit_code == 1 and "no device 'nobody'" in unknown.output
+
+
+def test_concurrent_writers_never_sign_the_same_sequence(engine: Engine) -> None:
+    # The CLI's assign, the hub's renewal and another assign can run at once (other
+    # processes, other connections): each reads the sequence and signs the next one. A
+    # device refuses a repeated sequence as a replay, so every write must get its own.
+    registry.enroll(engine, "dev-1")
+    desired.assign(engine, KEY, ["dev-1"], "chat", "1.0.0", listed=listed, now=T0)
+    writers, rounds = 6, 8
+    signed: list[int] = []
+    renewals: list[str] = []
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            start.wait()
+            for step in range(rounds):
+                if (index + step) % 3 == 0:  # renew everything: half its life has passed
+                    renewals.extend(
+                        desired.renew_expiring(engine, KEY, now=T0 + timedelta(days=365))
+                    )
+                else:
+                    version = "1.1.0" if step % 2 else "1.0.0"
+                    records = desired.assign(
+                        engine, KEY, ["dev-1"], "chat", version, listed=listed, now=T0
+                    )
+                    signed.extend(record.sequence for record in records)
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(signed) == len(set(signed)), sorted(signed)
+    final = desired.pending(engine)[0].sequence
+    assert final == 1 + len(signed) + len(renewals)
