@@ -70,6 +70,8 @@ class Generation:
         except Overloaded:
             self.recorder.rejected(self.service)
             raise
+        finally:
+            self.arrivals.settle(self.request.scope)  # queued: a retiring version may drain
 
     def _observe_delta(self) -> None:
         if self.first_token_at is None:

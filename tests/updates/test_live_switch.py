@@ -6,10 +6,15 @@ import threading
 import time
 
 import httpx
+import pytest
 
+from edge_agent.api.arrivals import Arrivals
 from edge_agent.config import ApiConfig
-from edge_agent.runtime import RuntimeSettings, SchedulerLimits
+from edge_agent.runtime import FinishReason, NotReady, RuntimeSettings, SchedulerLimits
+from edge_agent.runtime.sampling import SamplingParams
+from edge_agent.runtime.scheduler import Finished
 from edge_agent.runtime.service import ModelService
+from edge_agent.runtime.sinks import QueueSink
 from edge_agent.runtime.swap import ActiveWatcher
 from edge_agent.updates.machine import Phase
 from tests.conftest import LiveServer
@@ -91,4 +96,61 @@ def test_no_switch_while_the_new_version_is_not_yet_healthy(fleet: Fleet) -> Non
     assert watcher.poll() is True
     assert str(services["tiny"].loaded_from).endswith("/1.1.0")
     services["tiny"].stop()
+    service.stop()
+
+
+def test_a_request_that_found_the_old_version_just_before_the_switch_runs_on_it(
+    fleet: Fleet,
+) -> None:
+    # No timer: the old version waits for requests that arrived before the switch, however
+    # long they take to submit (here longer than the one second a timer used to allow).
+    fleet.update()
+    arrivals = Arrivals()
+    old = make_service(fleet)
+    old.arrivals = arrivals
+    old.load()
+    services = {"tiny": old}
+    watcher = ActiveWatcher(services, "tiny", lambda: make_service(fleet), 3600)  # by hand
+    scope: dict[str, object] = {}
+    arrivals.begin(scope)  # a request arrives ...
+    found = services["tiny"]  # ... and looks up the version served now
+    fleet.repo.publish(fleet.variant("v2", top_k=7), "tiny", "1.1.0")
+    fleet.update()
+    assert watcher.poll() is True
+    assert services["tiny"] is not found
+    time.sleep(1.5)
+    arrivals.end(scope)
+    sink = QueueSink()
+    found.submit(found.require()[0].encode("x"), SamplingParams(max_tokens=8), sink)
+    arrivals.settle(scope)
+    done = next(event for event in sink if isinstance(event, Finished))
+    assert done.reason is not FinishReason.CANCELLED and done.completion_tokens > 0
+    watcher.stop(30)  # joins the retiring thread: the old version has stopped
+    with pytest.raises(NotReady):
+        found.submit([5], SamplingParams(max_tokens=1), QueueSink())
+    services["tiny"].stop()
+
+
+def test_no_switch_to_a_version_that_moved_on_while_it_loaded(fleet: Fleet) -> None:
+    fleet.update()
+    service = make_service(fleet)
+    service.load()
+    services = {"tiny": service}
+    healthy = True
+
+    def load_while_a_newer_update_activates() -> ModelService:
+        nonlocal healthy
+        fresh = make_service(fleet)
+        fleet.repo.publish(fleet.variant("v3", top_k=9), "tiny", "1.2.0")
+        fleet.update()  # 1.2.0 is active now, but say its health check has not passed yet
+        healthy = False
+        return fresh
+
+    fleet.repo.publish(fleet.variant("v2", top_k=7), "tiny", "1.1.0")
+    fleet.update()
+    watcher = ActiveWatcher(
+        services, "tiny", load_while_a_newer_update_activates, 3600, settled=lambda: healthy
+    )
+    assert watcher.poll() is False
+    assert services["tiny"] is service  # neither 1.1.0 (moved on) nor 1.2.0 (not healthy)
     service.stop()
