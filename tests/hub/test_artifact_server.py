@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -83,10 +84,20 @@ def test_range_requests_resume_a_chunk(
     whole = (repo.root / chunk_path(sha256)).read_bytes()
     token = artifact_server.tokens.issue("box-1")
     url = f"{artifact_server.url}/{chunk_path(sha256)}"
-    r = httpx.get(url, headers={**bearer(token), "Range": "bytes=1000-"})
+    # A download cut after 1000 bytes, then resumed from there: the two parts make up the
+    # chunk the signed manifest names.
+    with httpx.stream("GET", url, headers=bearer(token)) as cut:
+        received = b""
+        for block in cut.iter_bytes(100):
+            received += block
+            if len(received) >= 1000:
+                break
+    received = received[:1000]
+    r = httpx.get(url, headers={**bearer(token), "Range": f"bytes={len(received)}-"})
     assert r.status_code == 206
     assert r.headers["content-range"] == f"bytes 1000-{size - 1}/{size}"
     assert r.content == whole[1000:]
+    assert hashlib.sha256(received + r.content).hexdigest() == sha256
     r = httpx.get(url, headers={**bearer(token), "Range": "bytes=10-19"})
     assert (r.status_code, r.content) == (206, whole[10:20])
     full = httpx.get(url, headers=bearer(token))

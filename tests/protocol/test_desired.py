@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from edge_agent.protocol import (
@@ -66,8 +68,11 @@ def test_it_verifies_after_travelling_with_unknown_fields() -> None:
 
 
 def test_key_id_is_the_sha256_of_the_raw_public_key() -> None:
-    assert len(key_id(DIRECTOR.public_key())) == 64
-    assert key_id(DIRECTOR.public_key()) != key_id(Ed25519PrivateKey.generate().public_key())
+    public = DIRECTOR.public_key()
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert len(raw) == 32
+    assert key_id(public) == hashlib.sha256(raw).hexdigest()
+    assert key_id(public) != key_id(Ed25519PrivateKey.generate().public_key())
 
 
 def test_a_key_the_device_does_not_trust_is_refused() -> None:

@@ -80,18 +80,31 @@ def test_switch_under_load_fails_no_request(fleet: Fleet) -> None:
         services["tiny"].stop()
 
 
-def test_no_switch_while_the_new_version_is_not_yet_healthy(fleet: Fleet) -> None:
+def test_no_switch_until_the_update_has_settled(fleet: Fleet) -> None:
+    # `settled` stands for the update machine's verdict (IDLE once the new version passed
+    # its health check and was committed): before that, nothing of the new version is
+    # even loaded, and the old one keeps answering.
     fleet.update()
     service = make_service(fleet)
     service.load()
     services = {"tiny": service}
     settled = False
-    watcher = ActiveWatcher(
-        services, "tiny", lambda: make_service(fleet), 1, settled=lambda: settled
-    )
+    built: list[ModelService] = []
+
+    def build() -> ModelService:
+        built.append(make_service(fleet))
+        return built[-1]
+
+    watcher = ActiveWatcher(services, "tiny", build, 1, settled=lambda: settled)
     fleet.repo.publish(fleet.variant("v2", top_k=7), "tiny", "1.1.0")
     fleet.update()
     assert watcher.poll() is False  # pointer moved, update not committed: keep serving
+    assert services["tiny"] is service and built == []
+    assert str(service.loaded_from).endswith("/1.0.0")
+    sink = QueueSink()
+    service.submit(service.require()[0].encode("x"), SamplingParams(max_tokens=4), sink)
+    done = next(event for event in sink if isinstance(event, Finished))
+    assert done.reason is not FinishReason.CANCELLED and done.completion_tokens > 0
     settled = True
     assert watcher.poll() is True
     assert str(services["tiny"].loaded_from).endswith("/1.1.0")
