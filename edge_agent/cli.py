@@ -216,30 +216,28 @@ def _start_telemetry(sync: SyncService | None) -> Telemetry | None:
 
 @app.command()
 def enroll(
-    hub_url: Annotated[str, typer.Argument(help="the hub, e.g. http://hub.example:8070")],
+    hub_url: Annotated[str, typer.Argument(help="the hub, e.g. https://hub.example:8070")],
     device_id: Annotated[str, typer.Option("--device-id", help="this device's id")],
-    token: Annotated[str, typer.Option(help="the one-time token from `edge-hub device enroll`")],
-    replace_root: Annotated[
-        bool, typer.Option(help="trust the hub's root even if another one is pinned")
-    ] = False,
+    token: Annotated[
+        str,
+        typer.Option(help="the token from `edge-hub device enroll` (<secret>@sha256:<CA hash>)"),
+    ],
 ) -> None:
-    """Join a fleet: make this device's key, get its certificate, trust the hub's releases."""
+    """Join a fleet: check the hub against the token's CA fingerprint, make this device's
+    key, get its certificate, trust the hub's releases. Writes nothing unless all checks
+    pass; a TUF root pinned before is kept (only a root it signed may follow it)."""
     from edge_agent.sync.identity import EnrollmentFailed
     from edge_agent.sync.settings import identity_of
-    from edge_agent.updates.errors import UpdateError
-    from edge_agent.updates.source import pin_root
 
     config = _config()
     identity = identity_of(config)
     try:
-        enrolled = identity.enroll(hub_url, device_id, token)
-        pinned = config.trust_dir / "root.json"
-        if not pinned.exists() or pinned.read_bytes() != identity.root_path.read_bytes():
-            pin_root(config.trust_dir, identity.root_path, replace=replace_root)
-    except (EnrollmentFailed, UpdateError, ValueError) as exc:
-        fail(str(exc))
+        enrolled = identity.enroll(hub_url, device_id, token, config.trust_dir)
+    except (EnrollmentFailed, ValueError) as exc:
+        fail(f"enrollment refused, nothing was changed on this device: {exc}")
     typer.echo(f"enrolled as {enrolled.device_id}: broker {enrolled.broker_url}")
     typer.echo(f"  key and certificate in {identity.folder}; releases from {enrolled.hub_url}")
+    typer.echo(f"  the hub's CA is pinned in {identity.tls.ca_file}")
     typer.echo("  `edge-agent serve` now connects to the fleet")
 
 
@@ -371,6 +369,7 @@ def update(
         fail(str(exc))
     origin = source or (fleet.update_source if fleet else config.updates.source)
     token = fleet.update_token if fleet and origin == fleet.update_source else None
+    hub_ca = fleet.update_ca if fleet and origin == fleet.update_source else None
     wanted = model_names or list(config.updates.models)
     if not origin:
         fail("no update source: pass --from URL|PATH or set [updates] source", 2)
@@ -383,7 +382,10 @@ def update(
     failed = False
     try:
         base, fetcher = fetcher_for(
-            origin, token or config.updates.token or None, config.updates.bandwidth_bytes_per_second
+            origin,
+            token or config.updates.token or None,
+            config.updates.bandwidth_bytes_per_second,
+            ca_file=hub_ca,
         )
         with ReleaseSource(base, config.trust_dir, fetcher) as releases:
             for name in wanted:

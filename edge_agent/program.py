@@ -66,13 +66,15 @@ class Program(Generic[Config]):
         raise typer.Exit(code)
 
 
-def serve_http(application: Any, host: str, port: int) -> None:
+def serve_http(
+    application: Any, host: str, port: int, *, tls: tuple[Path, Path] | None = None
+) -> None:
     """Run uvicorn in the foreground until SIGINT or SIGTERM, then return normally.
 
     uvicorn re-raises the signal it caught once it has shut down; with the default SIGTERM
     action that kills the process before the caller's `finally` blocks run (the broker
     child, the outbox, the telemetry window). A SIGTERM handler that exits instead lets
-    them run.
+    them run. `tls`: (certificate, key) files to serve HTTPS.
     """
     import signal
     import sys
@@ -84,7 +86,15 @@ def serve_http(application: Any, host: str, port: int) -> None:
 
     previous = signal.signal(signal.SIGTERM, _exit)
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        certfile, keyfile = tls if tls is not None else (None, None)
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_level="warning",
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise

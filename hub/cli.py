@@ -101,7 +101,18 @@ def repo_init(
         fail(str(exc))
     typer.echo(f"created a release repository in {created.root}")
     typer.echo(f"signing keys in {created.keys_dir} (move root-keys/ offline when not needed)")
+    typer.echo(
+        f"  root keys: {created.keys_dir / 'root-keys'}: keep OFFLINE (a key ceremony brings "
+        "them back for a root change); whoever holds them controls every device"
+    )
+    typer.echo(
+        f"  online keys (targets, snapshot, timestamp): {created.keys_dir}: private to the hub"
+    )
     typer.echo(f"devices pin this root: {created.trusted_root_path()}")
+    typer.echo(
+        "  the hub's CA, HTTPS certificate and director key are made by the first "
+        "`edge-hub serve` (the CA and director key in its identity and keys folders)"
+    )
 
 
 # --- model --------------------------------------------------------------------------------
@@ -230,18 +241,42 @@ def model_revoke(
 
 @keys_app.command("rotate")
 def keys_rotate(
-    role: Annotated[str, typer.Argument(help="targets, snapshot or timestamp")],
+    role: Annotated[
+        str, typer.Argument(help="targets, snapshot or timestamp; or https (the hub's certificate)")
+    ],
     repo: RepoOption = None,
     keys: KeysOption = None,
 ) -> None:
-    """Replace an online role's key; needs the root keys for the new root version."""
+    """Replace an online role's key (needs the root keys for the new root version), or the
+    hub's HTTPS key and certificate (from the same CA: devices need nothing new)."""
     from hub.registry.errors import RegistryError
 
+    if role == "https":
+        _rotate_https()
+        return
     try:
-        _open(repo, keys).rotate_online_key(role)
+        repository = _open(repo, keys)
+        repository.rotate_online_key(role)
     except (RegistryError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"rotated the {role} key; devices follow the new root on their next refresh")
+    typer.echo(f"  the new {role} key is in {repository.keys_dir} (online, private to the hub)")
+    typer.echo(
+        f"  root keys were used from {repository.keys_dir / 'root-keys'}: move that folder "
+        "back offline now"
+    )
+
+
+def _rotate_https() -> None:
+    from hub.fleet.authority import FleetAuthority
+    from hub.fleet.https import https_files, tls_hosts
+
+    config = _config()
+    hosts = tls_hosts(config.artifacts.host, config.artifacts.tls_names)
+    files, _made = https_files(FleetAuthority(config).ca, hosts, rotate=True)
+    typer.echo(f"made a new HTTPS certificate {files.cert} for {', '.join(hosts)}")
+    typer.echo(f"  its key {files.key} (0600) stays on the hub; restart `edge-hub serve`")
+    typer.echo(f"  devices trust the CA {files.ca}, which did not change")
 
 
 # --- device -------------------------------------------------------------------------------
@@ -249,16 +284,33 @@ def keys_rotate(
 
 @device_app.command("token")
 def device_token(device_id: Annotated[str, typer.Argument(help="the device's id")]) -> None:
-    """Issue a download token for a device (replaces its old one); printed once."""
+    """Issue a download token for an enrolled device (replaces its old one); printed once.
+    A revoked or unknown device gets none."""
     from hub.artifacts.tokens import TokenFileError, TokenStore
+    from hub.fleet import registry
 
     store = TokenStore(_config().tokens_file)
     try:
+        with _database() as engine:
+            device = registry.get_device(engine, device_id)
+        if device.enrolled_at is None:
+            fail(
+                f"{device_id} has not finished enrolling: it gets its download token when "
+                "`edge-agent enroll` succeeds"
+            )
+        if device.revoked_at is not None:
+            fail(
+                f"{device_id} was revoked at {device.revoked_at}: it gets no download token; "
+                f"enroll it again (`edge-hub device enroll {device_id}`) to readmit it"
+            )
         token = store.issue(device_id)
+    except registry.RegistryError as exc:
+        fail(f"{exc}: only a device made with `edge-hub device enroll` gets a download token")
     except (TokenFileError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"token for {device_id} (shown only now; the hub keeps its hash):", err=True)
     typer.echo(token)
+    typer.echo(f"  its hash is kept in {store.path}", err=True)
 
 
 @contextmanager
@@ -341,21 +393,31 @@ def device_enroll(
     device runs."""
     from datetime import timedelta
 
+    from edge_agent.sync.hubtrust import Ticket
     from hub.fleet import registry
     from hub.fleet.authority import FleetAuthority
+    from hub.fleet.https import fingerprint, tls_hosts
 
     config = _config()
+    authority = FleetAuthority(config)
     try:
         with _database() as engine:
             registry.prepare(engine, device_id, group=group)
-        token = FleetAuthority(config).enrollment_tokens.create(
-            device_id, ttl=timedelta(hours=hours)
-        )
+        secret = authority.enrollment_tokens.create(device_id, ttl=timedelta(hours=hours))
     except (registry.RegistryError, ValueError) as exc:
         fail(str(exc))
-    url = f"http://{config.artifacts.host}:{config.artifacts.port}"
+    # The token binds the hub: the device refuses any server that cannot show this CA.
+    token = Ticket(secret, fingerprint(authority.ca))
+    host = tls_hosts(config.artifacts.host, config.artifacts.tls_names)[0]
+    url = f"https://{host}:{config.artifacts.port}"
     typer.echo(f"enrollment token for {device_id}, valid {hours} h (shown only now):", err=True)
-    typer.echo(token)
+    typer.echo(str(token))
+    typer.echo(f"  it names the hub CA {token.ca_fingerprint}", err=True)
+    typer.echo(
+        f"  the hub keeps only the token's hash, in {authority.enrollment_tokens.path}; the "
+        f"CA key {authority.ca.ca_key_path} stays private to the hub (never copy it)",
+        err=True,
+    )
     typer.echo(
         f"on the device: edge-agent enroll {url} --device-id {device_id} --token {token}",
         err=True,
@@ -465,15 +527,29 @@ def serve(
     keys: KeysOption = None,
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8070)")] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(help="plain HTTP instead of HTTPS, on a loopback address only"),
+    ] = False,
 ) -> None:
-    """Run the hub: the broker, ingest, desired state, and the HTTP server for releases
-    and enrollment."""
+    """Run the hub: the broker, ingest, desired state, and the HTTPS server for releases
+    and enrollment (certificate from the hub's CA, made on first start)."""
     from hub.artifacts.server import create_app
     from hub.broker import BrokerError
-    from hub.fleet.enrollment import EnrollmentDesk, enrollment_route
+    from hub.fleet.enrollment import EnrollmentDesk, enrollment_route, hub_ca_route
+    from hub.fleet.https import fingerprint, https_files, is_loopback, tls_hosts
     from hub.service import HubService
 
     config = _config()
+    bind_host = host or config.artifacts.host
+    bind_port = config.artifacts.port if port is None else port
+    plain = insecure_http or config.artifacts.insecure_http
+    if plain and not is_loopback(bind_host):
+        fail(
+            f"plain HTTP is allowed on a loopback address only, not {bind_host}: drop "
+            "--insecure-http ([artifacts] insecure_http) to serve HTTPS, or bind 127.0.0.1 "
+            "behind a TLS proxy"
+        )
     repository = _open(repo, keys)
     hub = HubService(config, repository)
     try:
@@ -490,15 +566,31 @@ def serve(
         director_keys=authority.director.public_pems,
         tuf_root=repository.trusted_root_path(),
     )
-    application = create_app(repository.root, authority.downloads, [enrollment_route(desk)])
-    bind_host = host or config.artifacts.host
-    bind_port = config.artifacts.port if port is None else port
-    _say(f"edge-hub {__version__}: releases and enrollment at http://{bind_host}:{bind_port}")
+    application = create_app(
+        repository.root,
+        authority.downloads,
+        [
+            hub_ca_route(authority.ca),
+            enrollment_route(desk),
+        ],
+    )
+    tls = None
+    if not plain:
+        files, made = https_files(authority.ca, tls_hosts(bind_host, config.artifacts.tls_names))
+        tls = (files.cert, files.key)
+        if made:
+            _say(f"  made the HTTPS certificate {files.cert} (key {files.key}, keep it private)")
+        _say(
+            f"  hub CA {files.ca} ({fingerprint(authority.ca)}); its key "
+            f"{authority.ca.ca_key_path} stays private to the hub"
+        )
+    scheme = "http" if plain else "https"
+    _say(f"edge-hub {__version__}: releases and enrollment at {scheme}://{bind_host}:{bind_port}")
     _say(f"  repository {repository.root}, database {_shown_url(config.database_url)}")
     where = hub.broker.description if hub.broker is not None else "external broker"
     _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:
-        serve_http(application, bind_host, bind_port)
+        serve_http(application, bind_host, bind_port, tls=tls)
     finally:
         hub.stop()
 

@@ -37,6 +37,14 @@ class ArtifactsConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8070, ge=0, le=65535)
     tokens_file: Path = Path("~/.local/share/edge-hub/device-tokens.json")
+    tls_names: list[str] = Field(
+        default_factory=list,
+        description="host names and addresses devices reach the hub by (its HTTPS "
+        "certificate names them, plus host and loopback)",
+    )
+    insecure_http: bool = Field(
+        False, description="serve plain HTTP instead of HTTPS; allowed on loopback only"
+    )
 
 
 class BrokerConfig(_Section):

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -382,7 +383,7 @@ class Demo:
 
     @property
     def hub_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['hub']}"
+        return f"https://127.0.0.1:{self.ports['hub']}"
 
     def agent_url(self, device: str) -> str:
         return f"http://127.0.0.1:{self.ports[device]}"
@@ -503,10 +504,17 @@ class Demo:
             )
 
     def _hub_up(self) -> bool:
+        # The hub serves HTTPS from its own CA, made on its first start: trust that alone.
+        ca = self.layout.hub / "identity" / "ca.crt"
+        if not ca.exists():
+            return False
         try:
-            return httpx.get(f"{self.hub_url}/healthz", timeout=1).status_code == 200
+            reply = httpx.get(
+                f"{self.hub_url}/healthz", timeout=1, verify=ssl.create_default_context(cafile=ca)
+            )
         except httpx.HTTPError:
             return False
+        return reply.status_code == 200
 
     def _join_devices(self) -> None:
         from hub.fleet import registry

@@ -14,6 +14,8 @@ from pydantic import Field
 from edge_agent.protocol.messages import DeviceId, Wire
 
 ENROLL_PATH = "/v1/enroll"
+# The hub CA, served to anyone: a device believes it only if its hash matches the token.
+HUB_CA_PATH = "/v1/hub-ca"
 MAX_ENROLL_BYTES = 64 << 10
 MAX_PEM_CHARS = 16 << 10
 

@@ -152,7 +152,10 @@ class SyncService:
         if not source:
             raise UpdateError("no update source: enroll the device or set [updates] source")
         base, fetcher = fetcher_for(
-            source, self.settings.update_token, self.config.updates.bandwidth_bytes_per_second
+            source,
+            self.settings.update_token,
+            self.config.updates.bandwidth_bytes_per_second,
+            ca_file=self.settings.update_ca,
         )
         try:
             with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:

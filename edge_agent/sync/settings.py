@@ -23,6 +23,7 @@ class SyncSettings:
     director_keys: Path | None
     update_source: str
     update_token: str | None
+    update_ca: Path | None = None  # the hub CA, when the updates come from the enrolled hub
 
 
 def identity_of(config: AgentConfig) -> Identity:
@@ -52,4 +53,5 @@ def sync_settings(config: AgentConfig) -> SyncSettings | None:
         or (identity.director_keys_path if enrolled else None),
         update_source=updates.source or (enrolled.hub_url if enrolled else ""),
         update_token=updates.token or (enrolled.download_token if enrolled else None),
+        update_ca=own.ca_file if enrolled else None,
     )

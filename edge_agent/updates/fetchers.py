@@ -6,6 +6,7 @@ verification, and chunks through the same transport with a hard length limit.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,10 +67,16 @@ class HttpFetcher(Fetcher):
         *,
         bandwidth_bytes_per_second: int = 0,
         timeout_seconds: float = 30.0,
+        ca_file: Path | None = None,
     ) -> None:
         super().__init__(bandwidth_bytes_per_second)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(headers=headers, timeout=timeout_seconds)
+        # An enrolled device trusts its hub's CA alone for the hub; other sources, the
+        # system's roots.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+        )
+        self.client = httpx.Client(headers=headers, timeout=timeout_seconds, verify=verify)
 
     def close(self) -> None:
         self.client.close()
@@ -109,11 +116,18 @@ class FolderFetcher(Fetcher):
 
 
 def fetcher_for(
-    source: str, token: str | None = None, bandwidth_bytes_per_second: int = 0
+    source: str,
+    token: str | None = None,
+    bandwidth_bytes_per_second: int = 0,
+    ca_file: Path | None = None,
 ) -> tuple[str, Fetcher]:
-    """The repository's base URL and the fetcher that reads it, from a URL or a path."""
+    """The repository's base URL and the fetcher that reads it, from a URL or a path;
+    `ca_file`: the only CA an https:// source's certificate may come from."""
     if source.startswith(("http://", "https://")):
         base = source if source.endswith("/") else source + "/"
-        return base, HttpFetcher(token, bandwidth_bytes_per_second=bandwidth_bytes_per_second)
+        fetcher = HttpFetcher(
+            token, bandwidth_bytes_per_second=bandwidth_bytes_per_second, ca_file=ca_file
+        )
+        return base, fetcher
     path = Path(source[7:] if source.startswith("file://") else source).expanduser().resolve()
     return path.as_uri() + "/", FolderFetcher(bandwidth_bytes_per_second)

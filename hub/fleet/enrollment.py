@@ -1,4 +1,5 @@
-"""`POST /v1/enroll`: a device with a one-time token becomes a member of the fleet.
+"""`POST /v1/enroll`: a device with a one-time token becomes a member of the fleet, and
+`GET /v1/hub-ca`: the CA the device checks against its token before it sends anything.
 
 The token (made by `edge-hub device enroll`) names the device; the CSR's common name must be
 that device id. On success the token is spent, the device is recorded as enrolled, and the
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from edge_agent.protocol.enrollment import (
     ENROLL_PATH,
+    HUB_CA_PATH,
     MAX_ENROLL_BYTES,
     EnrollmentRequest,
     EnrollmentResponse,
@@ -88,3 +90,13 @@ def enrollment_route(desk: EnrollmentDesk) -> Route:
         return Response(answer.model_dump_json(), media_type="application/json")
 
     return Route(ENROLL_PATH, post, methods=["POST"])
+
+
+def hub_ca_route(ca: DeviceCA) -> Route:
+    """`GET /v1/hub-ca`: the CA, public. A device believes it only when it hashes to the
+    fingerprint in its enrollment token, then trusts the hub's TLS through it."""
+
+    async def get(_request: Request) -> Response:
+        return Response(ca.ca_cert_path.read_bytes(), media_type="application/x-pem-file")
+
+    return Route(HUB_CA_PATH, get, methods=["GET"])

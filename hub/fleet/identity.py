@@ -12,6 +12,7 @@ Layout of the CA folder (keys 0600, the folder 0700):
 
     ca.key  ca.crt  crl.pem      the CA and its revocation list
     server.key  server.crt       the broker's TLS certificate (SAN 127.0.0.1, localhost)
+    https.key  https.crt         the hub's HTTPS certificate (hub.fleet.https)
     issued.json                  serial -> device id, issue time, revoked time
     tokens.json                  enrollment tokens: sha256 -> device id, expiry
 """
@@ -386,6 +387,11 @@ class DeviceCA:
     @property
     def server_files(self) -> TlsFiles:
         return TlsFiles(self.ca_cert_path, self.server_cert_path, self.server_key_path)
+
+    def server_certificate(self, hosts: Sequence[str]) -> tuple[bytes, bytes]:
+        """A new TLS server key and certificate (PEM) for `hosts`, from this CA."""
+        key, cert = make_server_certificate(self._key, self._cert, hosts)
+        return key_pem(key), _pem(cert)
 
     def _issued(self) -> dict[str, Any]:
         return _read_json(self.issued_path)

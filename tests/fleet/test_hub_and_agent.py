@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ class Hub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"https://127.0.0.1:{self.http_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -76,10 +77,16 @@ url = "{self.database_url}"
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"edge-hub serve exited: {self.log()}")
+            ca = self.root / "identity" / "ca.crt"  # the hub serves HTTPS from its own CA
+            if not ca.exists():
+                return False
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+                reply = httpx.get(
+                    f"{self.url}/healthz", timeout=1, verify=ssl.create_default_context(cafile=ca)
+                )
             except httpx.HTTPError:
                 return False
+            return reply.status_code == 200
 
         wait_for(up, "edge-hub serve", READY_S)
 
@@ -200,7 +207,8 @@ def fleet_path(hub: Hub, tmp_path: Path) -> None:
     assert f"edge-agent enroll {hub.url} --device-id dev-1" in enrolled.stderr
 
     device = Device(tmp_path / "device", free_port())
-    wrong = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", "not-the-token")
+    not_the_token = "x" * 43 + token[token.index("@") :]  # the right hub, a wrong secret
+    wrong = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", not_the_token)
     assert wrong.returncode == 1
     assert "refused enrollment" in wrong.stderr and "unknown or already used" in wrong.stderr
     joined = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token)

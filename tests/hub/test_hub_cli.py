@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hub import db
 from hub.cli import app
+from hub.fleet import registry
 from hub.registry import synthetic
 from hub.registry.repository import ReleaseRepository
 
@@ -151,7 +153,10 @@ def test_commands_on_a_missing_repository(tmp_path: Path) -> None:
 
 def test_device_token_goes_to_the_configured_file(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
-    env = {"EDGE_HUB__ARTIFACTS__TOKENS_FILE": str(tokens)}
+    database = f"sqlite:///{tmp_path / 'hub.sqlite3'}"
+    env = {"EDGE_HUB__ARTIFACTS__TOKENS_FILE": str(tokens), "EDGE_HUB__DATABASE__URL": database}
+    db.migrate(database)
+    registry.enroll(db.make_engine(database), "box-7")  # only an enrolled device gets one
     code, out, err = hub("device", "token", "box-7", env=env)
     assert code == 0, err
     token = out.strip()
@@ -161,4 +166,4 @@ def test_device_token_goes_to_the_configured_file(tmp_path: Path) -> None:
     assert token not in tokens.read_text()
     code, _out, err = hub("device", "token", "../box", env=env)
     assert code == 1
-    assert "invalid device id" in err
+    assert "no device '../box'" in err
