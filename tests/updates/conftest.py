@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,20 +51,61 @@ class Fleet:
         return folder
 
     def snapshot(self) -> dict[str, object]:
-        """What an attack must not change: pointers, versions, floors, every file."""
-        files = sorted(
-            str(p.relative_to(self.device))
-            for p in self.device.rglob("*")
-            if "trust" not in p.parts and p.name != "update-state.json"
-        )
+        """What a refused update must not change: pointers, versions, floors, the update
+        phase and the content (sha256) of every file outside trust/ (see `trust`).
+        update-state.json is left out: a refused update records its error there."""
         store = self.store
         active = store.active("tiny")
         return {
             "active": active.version if active else None,
             "versions": store.versions("tiny"),
             "floor": str(store.floor("tiny")),
-            "files": files,
+            "phase": self.manager().state.load().phase,
+            "files": {
+                path: digest
+                for path, digest in file_hashes(self.device).items()
+                if not path.startswith("trust/") and path != "update-state.json"
+            },
         }
+
+    def trust(self) -> dict[str, str]:
+        """sha256 of every file in trust/: the metadata the device has verified so far."""
+        return file_hashes(self.device / "trust")
+
+    def honest_metadata(self) -> dict[str, str]:
+        """sha256 of the repository's current metadata, under the names the device stores
+        it by in trust/ (current: the chain timestamp -> snapshot -> targets, newest root),
+        and of every root version, which the device keeps in trust/root_history/."""
+        folder = self.repo.root / "metadata"
+
+        def signed(name: str) -> dict[str, Any]:
+            document: dict[str, Any] = json.loads((folder / name).read_bytes())["signed"]
+            return document
+
+        snapshot = signed("timestamp.json")["meta"]["snapshot.json"]["version"]
+        targets = signed(f"{snapshot}.snapshot.json")["meta"]["targets.json"]["version"]
+        roots = sorted(folder.glob("*.root.json"), key=lambda path: int(path.name.split(".")[0]))
+        current = {
+            "timestamp.json": folder / "timestamp.json",
+            "snapshot.json": folder / f"{snapshot}.snapshot.json",
+            "targets.json": folder / f"{targets}.targets.json",
+            "root.json": roots[-1],
+        }
+        current.update({f"root_history/{path.name}": path for path in roots})
+        return {name: sha256_of(path) for name, path in current.items()}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under `folder`."""
+    return {
+        str(path.relative_to(folder)): sha256_of(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
