@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from edge_agent.runtime import InvalidRequest, NotReady, Overloaded
 
@@ -45,6 +46,20 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+    async def send(self, send: Send, *, close: bool = False) -> None:
+        """Answer from ASGI middleware, before the application sees the request. `close`
+        ends the connection: for a body left unread, which cannot be skipped."""
+        body = json.dumps(self.body()).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def from_runtime(exc: Exception) -> ApiError:
@@ -87,6 +102,9 @@ def _validation_message(exc: RequestValidationError) -> ApiError:
         return ApiError(400, f"unknown field '{field}'", param=field)
     if kind == "missing":
         return ApiError(400, f"'{field}' is required", param=field)
+    if kind == "lone_surrogate":  # found by walking the body: the path is in the context
+        param = first.get("ctx", {}).get("param")
+        return ApiError(400, first.get("msg", "invalid text"), param=param)
     if kind == "model_attributes_type":
         return ApiError(400, "the request body must be a JSON object")
     return ApiError(400, f"'{field}': {first.get('msg', 'invalid value')}", param=field)

@@ -159,7 +159,19 @@ class Generation:
         raise ApiError(500, "generation ended without a result", type_="server_error")
 
 
+# onnxruntime-genai's message when llguidance refuses a response_format's JSON schema:
+# the client's mistake, not the server's.
+GRAMMAR_ERROR = "Error creating grammar"
+
+
 def _failure(done: Finished) -> ApiError | None:
+    if done.reason is FinishReason.ERROR and (done.error or "").startswith(GRAMMAR_ERROR):
+        return ApiError(
+            400,
+            f"response_format: the JSON schema cannot be used for guided decoding: {done.error}",
+            param="response_format",
+            code="invalid_json_schema",
+        )
     if done.reason is FinishReason.ERROR:
         return ApiError(500, f"generation failed: {done.error}", type_="server_error")
     if done.reason is FinishReason.CANCELLED:

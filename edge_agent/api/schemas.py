@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge_agent.runtime import InvalidRequest, SamplingParams
+
+# Deeper schemas make the grammar compiler give up ("recursion limit exceeded"); no real
+# response format comes near this.
+MAX_SCHEMA_DEPTH = 64
+INT32_MAX = 2**31 - 1  # onnxruntime-genai's search options are 32-bit
 
 
 class _Strict(BaseModel):
@@ -44,6 +50,13 @@ class JsonSchemaFormat(_Strict):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
     description: str | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _not_too_deep(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if _depth(schema) > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        return schema
 
 
 class ResponseFormat(_Strict):
@@ -78,7 +91,7 @@ class _GenerationRequest(_Strict):
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -89,6 +102,21 @@ class _GenerationRequest(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        """JSON may carry a lone UTF-16 surrogate ("\\ud800"); it is no character, and the
+        tokenizer and the JSON encoder fail on it. Refused by location, never echoed."""
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "'{param}' holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                "valid Unicode text: send the text as valid UTF-8",
+                {"param": ".".join(where) or "body"},
+            )
+        return data
 
     def _check_neutral(self) -> None:
         for name, neutral in _NEUTRAL.items():
@@ -167,3 +195,44 @@ def _json_schema(fmt: ResponseFormat | None) -> str | None:
         assert fmt.json_schema is not None
         schema = fmt.json_schema.schema_ or schema
     return json.dumps({"x-guidance": _COMPACT, **schema})
+
+
+def _lone_surrogate(value: Any) -> tuple[str, ...] | None:
+    """The path of a string (or object key) holding a lone surrogate, if any; iterative,
+    so no nesting can exhaust the stack."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str) and _has_surrogate(item):
+            return path
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _has_surrogate(str(key)):
+                    return (*path, "<key>")
+                stack.append((child, (*path, str(key))))
+        elif isinstance(item, list):
+            stack.extend((child, (*path, str(index))) for index, child in enumerate(item))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest; iterative, so no depth can exhaust the stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest

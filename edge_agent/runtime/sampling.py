@@ -31,8 +31,8 @@ class SamplingParams:
             raise InvalidRequest("temperature", "temperature must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest("top_p", "top_p must be greater than 0 and at most 1")
-        if self.top_k < 0:
-            raise InvalidRequest("top_k", "top_k must be 0 (off) or positive")
+        if not 0 <= self.top_k < 2**31:  # onnxruntime-genai takes a 32-bit int
+            raise InvalidRequest("top_k", "top_k must be between 0 (off) and 2147483647")
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise InvalidRequest("seed", "seed must be between 0 and 2147483647")
         if len(self.stop) > MAX_STOP_STRINGS:
