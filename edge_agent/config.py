@@ -9,6 +9,7 @@ lists are JSON (`EDGE_AGENT__API__API_KEYS='["k1"]'`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,17 +23,68 @@ DEFAULT_PATHS = (Path("/etc/edge-agent/agent.toml"), Path("~/.config/edge-agent/
 
 __all__ = ["AgentConfig", "ConfigError", "load_config"]
 
+# A Host header value: a DNS name or IPv4 address, or a bracketed IPv6 address, then a port.
+HOST_PATTERN = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+ORIGIN_PATTERN = re.compile(r"https?://" + HOST_PATTERN.pattern)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ApiConfig(_Section):
+    """The local API. It answers only to its own addresses and `allowed_hosts` (so a web
+    page cannot reach it through DNS rebinding), and to browsers of `cors_origins` only."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     api_keys: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="extra Host names, 'name' (any port) or 'name:port'"
+    )
+    cors_origins: tuple[str, ...] = Field((), description="browser origins, e.g. https://app.lan")
     max_request_bytes: int = Field(1_048_576, ge=1024)
+    request_body_timeout_seconds: float = Field(30.0, gt=0)
     retry_after_seconds: int = Field(1, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_not_blank(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if not key.strip():
+                raise ValueError(
+                    "an API key is empty or blank, which would let anyone in: remove it or "
+                    "set a long random key (python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')"
+                )
+            if key != key.strip():
+                raise ValueError(
+                    "an API key starts or ends with whitespace, which no HTTP client can "
+                    "send: remove the whitespace"
+                )
+        return keys
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not HOST_PATTERN.fullmatch(host):
+                raise ValueError(
+                    f"'{host}' is not a host name or name:port (no scheme, path or wildcard)"
+                )
+        return tuple(host.lower().rstrip(".") for host in hosts)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_exact(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if not ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(
+                    f"'{origin}' is not an origin: write scheme://host[:port], e.g. "
+                    "https://app.example.org ('*' is refused: it would open the API to every "
+                    "web page)"
+                )
+        return tuple(origin.lower() for origin in origins)
 
 
 class RuntimeConfig(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,40 @@ def test_malformed_environment_name() -> None:
 def test_explicit_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.toml", {})
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ('[""]', "api.api_keys: Value error, an API key is empty or blank"),
+        ('["ok-key", "   "]', "an API key is empty or blank, which would let anyone in"),
+        ('[" padded "]', "an API key starts or ends with whitespace"),
+    ],
+)
+def test_blank_api_key_is_a_config_error(tmp_path: Path, keys: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[api]\napi_keys = {keys}\n"), {})
+    assert expected in str(info.value)
+    with pytest.raises(ConfigError, match="EDGE_AGENT__API__API_KEYS"):
+        load_config(None, {"EDGE_AGENT__API__API_KEYS": keys})
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("cors_origins = ['*']", "'*' is not an origin"),
+        ("cors_origins = ['app.example.org']", "write scheme://host[:port]"),
+        ("allowed_hosts = ['*.example.org']", "not a host name or name:port"),
+        ("allowed_hosts = ['http://agent.lan']", "not a host name or name:port"),
+    ],
+)
+def test_hosts_and_origins_must_be_exact(tmp_path: Path, line: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, f"[api]\n{line}\n"), {})
+
+
+def test_hosts_and_origins_are_kept_in_lower_case(tmp_path: Path) -> None:
+    text = "[api]\nallowed_hosts = ['Agent.LAN.']\ncors_origins = ['https://App.example.org']\n"
+    api = load_config(write(tmp_path, text), {}).api
+    assert api.allowed_hosts == ("agent.lan",)
+    assert api.cors_origins == ("https://app.example.org",)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from edge_agent import __version__
 from edge_agent.api.arrivals import ArrivalCounter, Arrivals
+from edge_agent.api.auth import ApiKeyGuard
 from edge_agent.api.errors import ApiError, install_handlers
 from edge_agent.api.generation import ChatShape, Generation, TextShape
+from edge_agent.api.hosts import HostGuard, HostPolicy
 from edge_agent.api.limits import BodySizeLimit
 from edge_agent.api.metrics import Metrics
 from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -53,26 +55,28 @@ def create_app(
             service.stop()
 
     app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=api.max_request_bytes)
-    app.add_middleware(ArrivalCounter, arrivals=arrivals)  # outermost: counts from the start
+    # Added innermost first. A request passes, in order: the Host/Origin check (before any
+    # work), CORS (only for configured origins), the API key (before the body is read),
+    # the arrival count (requests that may reach the scheduler), the body's size and time.
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=api.max_request_bytes,
+        timeout_seconds=api.request_body_timeout_seconds,
+    )
+    app.add_middleware(ArrivalCounter, arrivals=arrivals)
+    app.add_middleware(ApiKeyGuard, keys=api.api_keys)
+    if api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(api.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    app.add_middleware(HostGuard, policy=HostPolicy.of(api), port=api.port)
     install_handlers(app, usage.refused)
     app.state.metrics = metrics
     app.state.services = by_name
-
-    async def require_key(request: Request) -> None:
-        if not api.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(token.encode(), key.encode()) for key in api.api_keys
-        ):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
     def service_for(name: str) -> ModelService:
         if name not in by_name:
@@ -87,20 +91,21 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+        return {"status": "ok"}  # open to all when keys are set: says nothing more
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         models = [_model_status(service) for service in by_name.values()]
         ready = bool(by_name) and all(service.ready for service in by_name.values())
-        body = {"status": "ready" if ready else "not_ready", "models": models}
+        status = "ready" if ready else "not_ready"
+        body = {"status": status, "version": __version__, "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", dependencies=[Depends(require_key)])
+    @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    v1 = APIRouter(prefix="/v1")
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
