@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig, ApiConfig, load_config
 from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
 from edge_agent.program import Program, serve_http
 
@@ -115,6 +115,14 @@ def serve(
     name: Annotated[
         str | None, typer.Option(help="model id clients use (default: the model's name)")
     ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="listen beyond loopback with no API key: anyone who reaches the port "
+            "can use the model",
+        ),
+    ] = False,
 ) -> None:
     """Serve a model on the local OpenAI-compatible API."""
     from edge_agent.api import create_app
@@ -123,6 +131,7 @@ def serve(
     from edge_agent.runtime.errors import ModelFolderError
     from edge_agent.runtime.memory import tune_allocator
 
+    api = _api_settings(host, port, insecure_no_auth)  # before any work: it may refuse
     ref = _model(model)
     if name:
         ref = ModelRef(name, ref.path)
@@ -133,9 +142,7 @@ def serve(
     tune_allocator()  # before the server's threads start allocating
     _finish_interrupted_update()
     config = _config()
-    api = config.api
-    bind_host = host or api.host
-    bind_port = api.port if port is None else port
+    bind_host, bind_port = api.host, api.port
     sync = _start_sync()
     telemetry = _start_telemetry(sync)
     service = _service(ref, telemetry)
@@ -167,6 +174,32 @@ def serve(
             telemetry.stop()  # the open window goes into the outbox before it closes
         if sync is not None:
             sync.stop()
+
+
+def _api_settings(host: str | None, port: int | None, insecure_no_auth: bool) -> ApiConfig:
+    """The API config with the command line's address; refuses an open API on a network."""
+    from edge_agent.api.hosts import is_loopback
+
+    api = _config().api
+    api = api.model_copy(
+        update={"host": host or api.host, "port": api.port if port is None else port}
+    )
+    if is_loopback(api.host) or api.api_keys:
+        return api
+    if not insecure_no_auth:
+        fail(
+            f"refusing to listen on {api.host} without an API key: anyone who can reach that "
+            "address could use the model. Set [api] api_keys in the config (or "
+            "EDGE_AGENT__API__API_KEYS='[\"<key>\"]'), or listen on 127.0.0.1, or pass "
+            "--insecure-no-auth to accept an open API",
+            2,
+        )
+    typer.echo(
+        f"WARNING: the API listens on {api.host} with no API key (--insecure-no-auth): "
+        "anyone who can reach this address can use the model",
+        err=True,
+    )
+    return api
 
 
 def _start_sync() -> SyncService | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import free_port
 
@@ -126,3 +127,49 @@ def test_serve_answers_the_openai_client_and_stops_cleanly(tiny_model_dir: Path)
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}/v1" in err
     assert "curl" in err
+
+
+def no_keys_config(tmp_path: Path) -> Path:
+    """A config of its own, so no user or system config (with keys) changes the outcome."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f"[store]\ndir = '{tmp_path / 'data'}'\n")
+    return config
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "my-box.lan"])
+def test_serve_beyond_loopback_without_keys_refuses_to_start(tmp_path: Path, host: str) -> None:
+    # The refusal comes before any other work: with a model that does not exist the
+    # answer is still the refusal, and a build without the check never binds the address.
+    config = no_keys_config(tmp_path)
+    args = ("serve", "--model", "no-such-model", "--host", host, "--port", str(free_port()))
+    result = agent("--config", str(config), *args, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"refusing to listen on {host} without an API key" in result.stderr
+    assert "api_keys" in result.stderr and "--insecure-no-auth" in result.stderr
+    assert "serving model" not in result.stderr
+
+
+def test_serve_beyond_loopback_goes_on_with_keys_or_the_insecure_flag(tmp_path: Path) -> None:
+    # The model does not exist, so serve stops right after the address check: whatever it
+    # says about the model proves the check let it through, and nothing binds 0.0.0.0.
+    config = no_keys_config(tmp_path)
+    args = ("--config", str(config), "serve", "--model", "no-such-model", "--host", "0.0.0.0")
+    insecure = agent(*args, "--insecure-no-auth", timeout=30)
+    assert "WARNING: the API listens on 0.0.0.0 with no API key" in insecure.stderr
+    assert "no-such-model" in insecure.stderr
+    with_keys = agent(*args, env={"EDGE_AGENT__API__API_KEYS": '["k-1234"]'}, timeout=30)
+    assert "refusing" not in with_keys.stderr and "WARNING" not in with_keys.stderr
+    assert "no-such-model" in with_keys.stderr
+    loopback = agent("--config", str(config), "serve", "--model", "no-such-model", timeout=30)
+    assert "refusing" not in loopback.stderr and "no-such-model" in loopback.stderr
+
+
+def test_serve_refuses_a_blank_api_key(tmp_path: Path) -> None:
+    config = no_keys_config(tmp_path)
+    result = agent(
+        *("--config", str(config), "serve", "--model", "x"),
+        env={"EDGE_AGENT__API__API_KEYS": '[""]'},
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "an API key is empty or blank" in result.stderr
