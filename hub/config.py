@@ -49,11 +49,10 @@ class ArtifactsConfig(_Section):
 
 class BrokerConfig(_Section):
     """The MQTT broker: `managed` (default) runs Mosquitto as the hub's child process with
-    a generated config and the hub's device CA, or the embedded fallback broker where no
-    Mosquitto is installed; `embedded` always runs the fallback (loopback only, no ACL, no
-    persistence); `external` connects to `url` instead."""
+    a generated config and the hub's device CA (the hub stops, with the install command,
+    where Mosquitto is missing); `external` connects to `url` instead."""
 
-    mode: Literal["managed", "embedded", "external"] = "managed"
+    mode: Literal["managed", "external"] = "managed"
     url: str | None = Field(None, description="external broker, e.g. mqtts://broker:8883")
     host: str = "127.0.0.1"
     port: int = Field(8883, ge=1, le=65535)

@@ -1,5 +1,5 @@
-"""`edge-hub demo`: the hub with a demo fleet, on its defaults (SQLite, a managed Mosquitto,
-or the embedded fallback broker where Mosquitto is missing).
+"""`edge-hub demo`: the hub with a demo fleet, on its defaults (SQLite, a managed
+Mosquitto; where Mosquitto is missing the demo stops at once with the install command).
 
 Everything lives in one folder with its own hub config, so a demo never touches a real
 hub's data, and a second run reuses what the first made (the repository, the releases,
@@ -143,15 +143,15 @@ def any_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def mosquitto_installed() -> bool:
-    """Whether the demo hub (on its defaults) runs Mosquitto, not its fallback broker."""
+def require_mosquitto() -> None:
+    """DemoError, with the install command for each system, where the demo hub (on its
+    defaults) would find no Mosquitto to run: said before any slow step."""
     from hub.broker import BrokerMissing, find_mosquitto
 
     try:
         find_mosquitto()
-    except BrokerMissing:
-        return False
-    return True
+    except BrokerMissing as missing:
+        raise DemoError(f"the demo hub runs Mosquitto as its broker: {missing}") from None
 
 
 def leftovers(folder: Path) -> list[int]:
@@ -322,6 +322,7 @@ class Demo:
             yield
 
     def _set_up(self) -> None:
+        require_mosquitto()
         self._stop_leftovers()
         self._releases()
         self._choose_ports()  # after the slow imports, so the ports are still free to bind
@@ -495,12 +496,6 @@ class Demo:
             self._wait("the hub to answer", self._hub_up, START_TIMEOUT_S)
             step.result = (
                 f"hub at {self.hub_url}, broker at mqtts://127.0.0.1:{self.ports['broker']}"
-            )
-        if not mosquitto_installed():
-            self.console.print(
-                "[bold yellow]! Mosquitto is not installed: the hub runs its embedded fallback "
-                "broker, with NO ACL and NO persistence (loopback only). Fine for this demo; "
-                "for a fleet: apt-get install mosquitto[/]"
             )
 
     def _hub_up(self) -> bool:

@@ -2,9 +2,9 @@
 jobs, started in order and stopped in reverse. `edge-hub serve` runs this beside the HTTP
 server (artifacts and enrollment).
 
-    broker           Mosquitto as a child process (managed; the embedded fallback broker
-                     where Mosquitto is missing), or the configured external one
-    ingest           one worker on the shared subscriptions: reports into the database
+    broker           Mosquitto as a child process (managed), or the configured external one
+    ingest           one worker: reports into the database (plain subscriptions on the
+                     managed Mosquitto, shared ones on an external broker)
     publisher        signed desired state, retained, on each device's topic
     jobs             metadata refresh; desired state published and renewed; the fleet
                      watched: a revocation (a newly revoked certificate) makes the broker cut
@@ -25,6 +25,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from edge_agent.mqtt import BrokerAddress
+from edge_agent.protocol.topics import (
+    HUB_DIRECTOR_CLIENT,
+    HUB_INGEST_CLIENT,
+    HUB_INGEST_FILTERS,
+    HUB_INGEST_TOPICS,
+)
 from edge_agent.scheduling import new_scheduler
 from hub import db
 from hub.broker import ChildBroker, managed_broker
@@ -77,20 +83,25 @@ class HubService:
             self.broker = managed_broker(self.config, ca, self._groups)
             self.broker.start()
             self._revoked = ca.revoked_serials()
-        tls = ca.hub_client_files().client()
+        # Each hub client connects with its own certificate, whose CN is its client id.
+        tls = ca.hub_client_files(HUB_INGEST_CLIENT).client()
         self.ingest = IngestConsumer(
             self.engine,
             IngestSettings(
                 host=address.host,
                 port=address.port,
-                client_id="_hub-ingest",
+                client_id=HUB_INGEST_CLIENT,
                 tls=tls if address.tls else None,
+                # Plain subscriptions on the managed Mosquitto: it lets any device join a
+                # `$share` group and swallow that group's messages (hub.broker.mosquitto).
+                filters=HUB_INGEST_TOPICS if self.broker is not None else HUB_INGEST_FILTERS,
                 writer="process",
                 writer_processes=writer_processes_for(self.config.database_url),
             ),
         )
         self.ingest.start(CONNECT_TIMEOUT_S)
-        self.publisher = DesiredPublisher(address, tls)
+        director_tls = ca.hub_client_files(HUB_DIRECTOR_CLIENT).client()
+        self.publisher = DesiredPublisher(address, director_tls, HUB_DIRECTOR_CLIENT)
         self.publisher.start()
         if not self.publisher.wait_connected(CONNECT_TIMEOUT_S):
             log.warning("the desired-state publisher is not connected yet; it keeps trying")

@@ -24,8 +24,12 @@ ROOT = "edge/v1"
 TELEMETRY_TOPIC = f"{ROOT}/telemetry"
 HUB_SHARE_GROUP = "hub-ingest"
 # A hub identity starts with "_", which no device id may, so no device certificate can
-# ever carry the hub's rights.
+# ever carry the hub's rights. The managed broker makes a certificate's CN the client id,
+# so each hub client has its own certificate: `_hub` for tools and tests, one per role.
 HUB_USERNAME = "_hub"
+HUB_INGEST_CLIENT = "_hub-ingest"
+HUB_DIRECTOR_CLIENT = "_hub-director"
+HUB_CLIENTS = (HUB_USERNAME, HUB_INGEST_CLIENT, HUB_DIRECTOR_CLIENT)
 
 NAME_MAX_CHARS = 64
 _NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX_CHARS - 1}}}$")
@@ -96,12 +100,17 @@ def shared(topic_filter: str, group: str = HUB_SHARE_GROUP) -> str:
     return f"$share/{check_name(group, 'share group')}/{topic_filter}"
 
 
-# What the hub's ingest workers subscribe to; several workers split the stream.
-HUB_INGEST_FILTERS = (
-    shared(f"{_DEVICES}+/{DeviceTopic.REPORTED}"),
-    shared(f"{_DEVICES}+/{DeviceTopic.EVENTS}"),
-    shared(TELEMETRY_TOPIC),
+# What devices send to the hub.
+HUB_INGEST_TOPICS = (
+    f"{_DEVICES}+/{DeviceTopic.REPORTED}",
+    f"{_DEVICES}+/{DeviceTopic.EVENTS}",
+    TELEMETRY_TOPIC,
 )
+# What the hub's ingest workers subscribe to on a scale-out broker; several workers split
+# the stream. Only on a broker that refuses `$share` subscriptions from devices: Mosquitto
+# 2.0 grants them, and a device in the group swallows its turn of the messages (its read
+# ACL drops them). The managed Mosquitto's one ingest worker subscribes HUB_INGEST_TOPICS.
+HUB_INGEST_FILTERS = tuple(shared(topic) for topic in HUB_INGEST_TOPICS)
 
 
 def device_subscriptions(device_id: str, groups: Iterable[str] = ()) -> list[str]:
@@ -122,7 +131,7 @@ def device_acl_patterns() -> list[str]:
 
 
 def broker_acl(
-    device_groups: Mapping[str, Iterable[str]], hub_users: Iterable[str] = (HUB_USERNAME,)
+    device_groups: Mapping[str, Iterable[str]], hub_users: Iterable[str] = HUB_CLIENTS
 ) -> list[str]:
     """The lines of a Mosquitto `acl_file`: the device patterns, the hub's users, and per
     device the announcement topics of its groups (membership is not something a `%u`

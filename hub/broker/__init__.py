@@ -1,8 +1,6 @@
-"""The hub's MQTT broker: a managed Mosquitto child process, the embedded fallback broker
-where Mosquitto is missing, or an external broker."""
+"""The hub's MQTT broker: a managed Mosquitto child process, or an external broker."""
 
 from hub.broker.child import BrokerError, BrokerMissing, ChildBroker
-from hub.broker.embedded import EmbeddedBroker
 from hub.broker.managed import managed_broker
 from hub.broker.mosquitto import ManagedMosquitto, find_mosquitto
 
@@ -10,7 +8,6 @@ __all__ = [
     "BrokerError",
     "BrokerMissing",
     "ChildBroker",
-    "EmbeddedBroker",
     "ManagedMosquitto",
     "find_mosquitto",
     "managed_broker",

@@ -1,6 +1,6 @@
-"""What every broker the hub runs as its child process shares: a data folder, the hub's
-device CA for TLS, a log to tell readiness and failure from, and start / stop / kill /
-restart the same way whichever broker it is.
+"""A broker the hub runs as its child process: a data folder, the hub's device CA for
+TLS, a log to tell readiness and failure from, and start / stop / kill / restart as a
+service manager would. Mosquitto (hub.broker.mosquitto) is the one broker.
 
 Subclasses say how to prepare their files, the command line, how to reload, how a new
 group membership reaches the broker, and how a revoked device is cut off.
@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 from edge_agent.atomic import make_dirs
-from edge_agent.protocol.topics import HUB_USERNAME
+from edge_agent.protocol.topics import HUB_CLIENTS, HUB_USERNAME
 from hub.broker.process import BrokerProcess, ProcessExited
 from hub.fleet.identity import DeviceCA, TlsFiles
 
@@ -66,9 +66,10 @@ class ChildBroker(ABC):
     def running(self) -> bool:
         return self._process.running
 
-    def hub_client_files(self) -> TlsFiles:
-        """The CA, certificate and key the hub's own MQTT clients connect with."""
-        return self.ca.hub_client_files(HUB_USERNAME)
+    def hub_client_files(self, name: str = HUB_USERNAME) -> TlsFiles:
+        """The CA, certificate and key a hub client connects with; the certificate's CN
+        `name` (one of HUB_CLIENTS) is also its client id and its ACL user."""
+        return self.ca.hub_client_files(name)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -96,7 +97,8 @@ class ChildBroker(ABC):
             raise BrokerError("the broker is already running")
         make_dirs(self.data_dir)
         self.data_dir.chmod(0o700)
-        self.hub_client_files()
+        for name in HUB_CLIENTS:
+            self.hub_client_files(name)
         self._prepare()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._process.spawn(self._argv(), self.output_path)

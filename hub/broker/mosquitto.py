@@ -1,10 +1,20 @@
 """Mosquitto as the hub's child process, with a config the hub generates.
 
-One TLS listener (127.0.0.1 by default) where every client, device or hub, shows a client
-certificate from the hub's device CA; the certificate's CN becomes the MQTT username
-(`use_identity_as_username`), which the ACL's `%u` patterns fence into its own topics. The
-hub's own clients use a certificate with CN `_hub` (HUB_USERNAME), which no device id can
-be. Revoked certificates are on the CA's CRL (`crlfile`).
+How an identity is bound: one TLS listener (127.0.0.1 by default) where every client,
+device or hub, must show a client certificate from the hub's device CA (`require_certificate`,
+revoked ones are on the CA's CRL, `crlfile`). The certificate's CN becomes the MQTT username
+(`use_identity_as_username`) and the username becomes the client id
+(`use_username_as_clientid`), whatever client id the CONNECT asked for. So a device is
+always the session named by its certificate: it cannot take over the hub's clients or
+another device's session. The ACL's `%u` patterns fence each device into its own topics.
+The hub's clients have their own certificates, CN `_hub-ingest`, `_hub-director` (and
+`_hub` for tools): a name starting with "_", which no device CSR may carry.
+
+Shared subscriptions: Mosquitto 2.0 grants any `$share/...` SUBSCRIBE (its ACL file does not
+check subscriptions) and then routes a turn of the group's messages to that member, where
+its read ACL drops them. So the hub's ingest worker uses plain subscriptions here
+(HUB_INGEST_TOPICS): a device that subscribes to `$share/hub-ingest/...` is alone in that
+group and takes nothing from the hub.
 
 Everything lives in the hub's broker data folder: mosquitto.conf, acl, the persistence
 database, the log. Mosquitto started as root would switch to the `mosquitto` user, who
@@ -30,8 +40,13 @@ from hub.broker.child import BrokerMissing, ChildBroker
 from hub.fleet.identity import DeviceCA, TlsFiles
 
 MAX_QUEUED_MESSAGES = 1_000_000
-SEARCH_DIRS = (Path("/usr/sbin"), Path("/usr/local/sbin"))
-INSTALL_HINT = "install the Debian package mosquitto (scripts/setup does it)"
+# Debian and Fedora; Homebrew on Intel and on Apple silicon.
+SEARCH_DIRS = (Path("/usr/sbin"), Path("/usr/local/sbin"), Path("/opt/homebrew/sbin"))
+INSTALL_HINT = (
+    "install it: `sudo apt-get install mosquitto` (Debian/Ubuntu), "
+    "`sudo dnf install mosquitto` (Fedora/RHEL), `brew install mosquitto` (macOS); "
+    "or set [broker] binary to its path"
+)
 
 
 def find_mosquitto(binary: Path | None = None) -> Path:
@@ -39,7 +54,9 @@ def find_mosquitto(binary: Path | None = None) -> Path:
     if binary is not None:
         if os.access(binary, os.X_OK) and binary.is_file():
             return binary
-        raise BrokerMissing(f"the configured broker binary {binary} is not an executable file")
+        raise BrokerMissing(
+            f"the configured broker binary {binary} is not an executable file: {INSTALL_HINT}"
+        )
     found = shutil.which("mosquitto")
     if found:
         return Path(found)
@@ -95,6 +112,8 @@ def render_config(
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id is the certificate's CN: no client can take another's session.
+        "use_username_as_clientid true",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """A broker child process: spawn, signal, stop as a service manager would, or kill.
 
-Shared by the hub's brokers (Mosquitto or the fallback) and the tests' private broker, so
-all stop, crash and restart a broker the same way.
+Shared by the hub's managed Mosquitto and the tests' private Mosquitto, so both stop,
+crash and restart a broker the same way.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The whole fleet path, as operators run it: `edge-hub serve` (managed Mosquitto, the hub
-database on SQLite and on PostgreSQL; and the embedded fallback broker), a device enrolled
-with a token, a release assigned by signed desired state, installed, reported back; then
-the device revoked and cut off."""
+database on SQLite and on PostgreSQL), a device enrolled with a token, a release assigned
+by signed desired state, installed, reported back; then the device revoked and cut off."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub import db
 from hub.registry.repository import ReleaseRepository
 from tests.conftest import free_port
 from tests.fleet.processes import BIN, active_on_hub, wait_for
@@ -182,22 +180,8 @@ def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub
     yield from running_hub(database_url, tmp_path, tiny_model_dir, "managed")
 
 
-@pytest.fixture
-def fallback_hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
-    url = db.sqlite_url(tmp_path / "hub.sqlite3")
-    yield from running_hub(url, tmp_path, tiny_model_dir, "embedded")
-
-
 def test_enroll_assign_report_revoke(hub: Hub, tmp_path: Path) -> None:
     fleet_path(hub, tmp_path)
-
-
-def test_fleet_path_on_the_embedded_fallback_broker(fallback_hub: Hub, tmp_path: Path) -> None:
-    """Where Mosquitto is missing the hub runs its own broker: the fleet still works end to
-    end, and the hub's log says loudly what that broker lacks."""
-    fleet_path(fallback_hub, tmp_path)
-    log = fallback_hub.log()
-    assert "EMBEDDED FALLBACK BROKER" in log and "ACLs and persistence are OFF" in log
 
 
 def fleet_path(hub: Hub, tmp_path: Path) -> None:

@@ -1,5 +1,4 @@
-"""The hub's brokers (managed Mosquitto, the embedded fallback) on a free loopback port,
-with a fresh device CA."""
+"""The hub's managed Mosquitto on a free loopback port, with a fresh device CA."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hub.broker import BrokerMissing, ChildBroker, EmbeddedBroker, ManagedMosquitto
+from hub.broker import BrokerMissing, ManagedMosquitto
 from hub.fleet.identity import DeviceCA, TlsFiles, key_pem, make_csr, new_key
 from tests.mqtt_broker import Endpoint, TestClient, free_port
 
@@ -22,11 +21,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> DeviceCA:
 
 
 @pytest.fixture
-def broker(request: pytest.FixtureRequest, tmp_path: Path, ca: DeviceCA) -> Iterator[ChildBroker]:
-    """The managed Mosquitto; with `both_brokers`, the embedded fallback broker as well."""
-    if getattr(request, "param", "mosquitto") == "fallback":
-        yield request.getfixturevalue("fallback")
-        return
+def broker(tmp_path: Path, ca: DeviceCA) -> Iterator[ManagedMosquitto]:
     try:
         managed = ManagedMosquitto(
             tmp_path / "broker", ca, port=free_port(), device_groups=DEVICE_GROUPS
@@ -35,16 +30,6 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, ca: DeviceCA) -> Iter
         pytest.fail(str(exc), pytrace=False)
     with managed:
         yield managed
-
-
-@pytest.fixture
-def fallback(tmp_path: Path, ca: DeviceCA) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tmp_path / "fallback", ca, port=free_port()) as embedded:
-        yield embedded
-
-
-both_brokers = pytest.mark.parametrize("broker", ["mosquitto", "fallback"], indirect=True)
-"""For what every broker the hub runs must do alike."""
 
 
 def device_files(

@@ -16,6 +16,12 @@ from hub.fleet.authority import FleetAuthority
 from hub.fleet.identity import DeviceCA
 from tests.mqtt_broker import free_port
 
+INSTALL_COMMANDS = (
+    "sudo apt-get install mosquitto",
+    "sudo dnf install mosquitto",
+    "brew install mosquitto",
+)
+
 
 def test_defaults_to_a_managed_loopback_broker() -> None:
     broker = load_config(None, {}).broker
@@ -42,10 +48,18 @@ def test_missing_binary_says_how_to_install(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("hub.broker.mosquitto.SEARCH_DIRS", (tmp_path,))
-    with pytest.raises(BrokerMissing, match="install the Debian package mosquitto"):
+    with pytest.raises(BrokerMissing, match="Mosquitto is not installed") as missing:
         find_mosquitto()
-    with pytest.raises(BrokerMissing, match="not an executable file"):
+    assert all(command in str(missing.value) for command in INSTALL_COMMANDS)
+    with pytest.raises(BrokerMissing, match="not an executable file") as not_there:
         find_mosquitto(tmp_path / "nope")
+    assert all(command in str(not_there.value) for command in INSTALL_COMMANDS)
+
+
+def test_embedded_mode_is_gone() -> None:
+    """Mosquitto is the one broker: a config that asks for another is refused."""
+    with pytest.raises(ConfigError, match=r"managed.*external"):
+        load_config(None, {"EDGE_HUB__BROKER__MODE": "embedded"})
 
 
 def test_generated_config(tmp_path: Path) -> None:
@@ -65,6 +79,7 @@ def test_generated_config(tmp_path: Path) -> None:
         f"listener {config.broker.port} 127.0.0.1",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         f"crlfile {broker.ca.crl_path}",
         "persistence true",
         "autosave_on_changes true",
@@ -75,7 +90,8 @@ def test_generated_config(tmp_path: Path) -> None:
         assert line in text.splitlines()
     assert f"max_packet_size {MAX_MESSAGE_BYTES + 4096}" in text
     assert "user dev-a\ntopic read edge/v1/groups/lab/announce" in acl
-    assert "user _hub" in acl
+    for hub_client in ("_hub", "_hub-ingest", "_hub-director"):
+        assert f"user {hub_client}\ntopic readwrite edge/v1/#" in acl
     for path in (broker.config_path, broker.acl_path):
         assert path.stat().st_mode & 0o077 == 0
     assert os.access(broker.persistence_dir / "mosquitto.db", os.R_OK)  # saved on stop

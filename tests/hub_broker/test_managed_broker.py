@@ -1,5 +1,4 @@
-"""The managed Mosquitto fences each device in, checked by delivery, never by acks; what
-both the hub's brokers must do (certificates, revocation) runs on the fallback too."""
+"""The managed Mosquitto fences each device in, checked by delivery, never by acks."""
 
 from __future__ import annotations
 
@@ -9,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from edge_agent.protocol.topics import (
+    HUB_DIRECTOR_CLIENT,
     HUB_INGEST_FILTERS,
+    HUB_USERNAME,
     TELEMETRY_TOPIC,
     DeviceTopic,
     device_topic,
     group_topic,
 )
-from hub.broker import ChildBroker, ManagedMosquitto
+from hub.broker import ManagedMosquitto
 from hub.fleet.identity import (
     DeviceCA,
     EnrollmentTokens,
@@ -24,7 +25,7 @@ from hub.fleet.identity import (
     make_csr,
     new_key,
 )
-from tests.hub_broker.conftest import both_brokers, device_files, save_files, tls_client
+from tests.hub_broker.conftest import device_files, save_files, tls_client
 from tests.mqtt_broker import TestClient
 
 # Long enough for a delivery on loopback (milliseconds), short enough to keep the suite fast.
@@ -38,13 +39,12 @@ def assert_nothing(client: TestClient) -> None:
         pytest.fail(f"{client.client_id} received {message.topic}: {message.payload!r}")
 
 
-@both_brokers
 def test_device_reports_and_hub_receives_on_shared_subscription(
-    broker: ChildBroker, ca: DeviceCA, tmp_path: Path
+    broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path
 ) -> None:
     files = device_files(ca, tmp_path, "dev-a")
     with (
-        tls_client(broker, "hub-1", broker.hub_client_files()) as hub,
+        tls_client(broker, HUB_USERNAME, broker.hub_client_files()) as hub,
         tls_client(broker, "dev-a", files) as device,
     ):
         for topic_filter in HUB_INGEST_FILTERS:
@@ -60,7 +60,7 @@ def test_device_cannot_speak_for_or_read_another(
 ) -> None:
     a_files = device_files(ca, tmp_path, "dev-a")
     b_files = device_files(ca, tmp_path, "dev-b")
-    with tls_client(broker, "hub-1", broker.hub_client_files()) as hub:
+    with tls_client(broker, HUB_USERNAME, broker.hub_client_files()) as hub:
         hub.subscribe("edge/v1/#")
         # Retained desired state for both devices, published by the hub.
         hub.client.publish(device_topic("dev-b", DeviceTopic.DESIRED), b"for-b", 1, retain=True)
@@ -89,8 +89,7 @@ def test_device_cannot_speak_for_or_read_another(
             assert b.receive().payload == b"for-b"
 
 
-@both_brokers
-def test_client_without_certificate_is_refused(broker: ChildBroker) -> None:
+def test_client_without_certificate_is_refused(broker: ManagedMosquitto) -> None:
     client = TestClient(broker, "nobody", ca_file=broker.ca.ca_cert_path)
     try:
         # paho's TLS handshake "succeeds" before the broker checks the missing certificate;
@@ -101,8 +100,7 @@ def test_client_without_certificate_is_refused(broker: ChildBroker) -> None:
         client.disconnect()
 
 
-@both_brokers
-def test_certificate_from_another_ca_is_refused(broker: ChildBroker, tmp_path: Path) -> None:
+def test_certificate_from_another_ca_is_refused(broker: ManagedMosquitto, tmp_path: Path) -> None:
     rogue = DeviceCA(tmp_path / "rogue-ca")
     files = device_files(rogue, tmp_path / "rogue", "dev-a")
     client = TestClient(
@@ -115,7 +113,7 @@ def test_certificate_from_another_ca_is_refused(broker: ChildBroker, tmp_path: P
         client.disconnect()
 
 
-def refused(broker: ChildBroker, client_id: str, files: TlsFiles) -> bool:
+def refused(broker: ManagedMosquitto, client_id: str, files: TlsFiles) -> bool:
     client = tls_client(broker, client_id, files)
     try:
         client.connect(timeout_s=1.0)
@@ -126,14 +124,13 @@ def refused(broker: ChildBroker, client_id: str, files: TlsFiles) -> bool:
     return False
 
 
-@both_brokers
 def test_revoked_device_is_cut_off_and_cannot_reconnect(
-    broker: ChildBroker, ca: DeviceCA, tmp_path: Path
+    broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path
 ) -> None:
     files = device_files(ca, tmp_path, "dev-revoked")
     desired = device_topic("dev-revoked", DeviceTopic.DESIRED)
     with (
-        tls_client(broker, "hub-1", broker.hub_client_files()) as hub,
+        tls_client(broker, HUB_USERNAME, broker.hub_client_files()) as hub,
         tls_client(broker, "dev-revoked", files, persistent=True) as device,
     ):
         device.subscribe(desired)
@@ -144,7 +141,9 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
         assert ca.is_revoked("dev-revoked")
         # The open connection is gone and paho's reconnects are refused: its persistent
         # session would deliver this message after any reconnect; nothing arrives.
-        with tls_client(broker, "hub-2", broker.hub_client_files()) as hub2:
+        with tls_client(
+            broker, HUB_DIRECTOR_CLIENT, broker.hub_client_files(HUB_DIRECTOR_CLIENT)
+        ) as hub2:
             hub2.publish(desired, b"after")
         # Long enough for paho's reconnect (1 s after a drop) to have got it, were it let in.
         with pytest.raises(queue.Empty):
@@ -155,8 +154,7 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
     assert not refused(broker, "dev-a", device_files(ca, tmp_path, "dev-a"))
 
 
-@both_brokers
-def test_crl_takes_effect_on_reload(broker: ChildBroker, ca: DeviceCA, tmp_path: Path) -> None:
+def test_crl_takes_effect_on_reload(broker: ManagedMosquitto, ca: DeviceCA, tmp_path: Path) -> None:
     files = device_files(ca, tmp_path, "dev-c")
     assert not refused(broker, "dev-c", files)
     ca.revoke("dev-c")
@@ -177,7 +175,7 @@ def test_enrollment_token_to_connected_device(
     cert = enroll(ca, tokens, token, make_csr(key, "dev-new"))
     files = save_files(ca, tmp_path / "device", "dev-new", key, cert)
     with (
-        tls_client(broker, "hub-1", broker.hub_client_files()) as hub,
+        tls_client(broker, HUB_USERNAME, broker.hub_client_files()) as hub,
         tls_client(broker, "dev-new", files) as device,
     ):
         hub.subscribe(HUB_INGEST_FILTERS[0])
@@ -191,7 +189,7 @@ def test_group_announcements_follow_membership_after_reload(
     files = device_files(ca, tmp_path, "dev-a")
     lab, field = group_topic("lab"), group_topic("field")
     with (
-        tls_client(broker, "hub-1", broker.hub_client_files()) as hub,
+        tls_client(broker, HUB_USERNAME, broker.hub_client_files()) as hub,
         tls_client(broker, "dev-a", files) as device,
     ):
         device.subscribe(lab)
