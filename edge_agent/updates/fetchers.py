@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -20,20 +20,29 @@ READ_BLOCK_BYTES = 64 * 1024
 
 
 class Throttle:
-    """Keeps the average transfer rate under a cap (0 = no cap)."""
+    """Keeps the average transfer rate under a cap (0 = no cap). `clock` and `sleep` are
+    replaceable so that tests can check the cap without waiting for it."""
 
-    def __init__(self, bytes_per_second: int) -> None:
+    def __init__(
+        self,
+        bytes_per_second: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = bytes_per_second
-        self._started = time.monotonic()
+        self._clock = clock
+        self._sleep = sleep
+        self._started = clock()
         self._sent = 0
 
     def consumed(self, size: int) -> None:
         if self.rate <= 0:
             return
         self._sent += size
-        ahead = self._sent / self.rate - (time.monotonic() - self._started)
+        ahead = self._sent / self.rate - (self._clock() - self._started)
         if ahead > 0:
-            time.sleep(ahead)
+            self._sleep(ahead)
 
 
 class Fetcher(FetcherInterface):
