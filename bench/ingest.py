@@ -413,6 +413,11 @@ def hub_phase(
 
     db.migrate(url)  # here, once: two workers migrating at once would race
     expected = len(workload.wire)
+    # The hub's telemetry token seed: the workload's reports carry the tokens it issues.
+    from tests.hub_telemetry.helpers import TOKEN_SEED
+
+    seed_file = workdir / "telemetry-token.seed"
+    seed_file.write_bytes(TOKEN_SEED)
     with MosquittoBroker(workdir / "broker", extra_config=BROKER_LOG) as broker:
         commands = [
             (
@@ -428,6 +433,8 @@ def hub_phase(
                     "--client-id",
                     f"bench-ingest-{i}",
                     "--no-migrate",
+                    "--token-seed-file",
+                    str(seed_file),
                 ],
             )
             for i in range(workers)

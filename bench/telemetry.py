@@ -104,6 +104,7 @@ def day_of_telemetry(workdir: Path) -> tuple[int, int]:
     from edge_agent.protocol.telemetry import ErrorClass, UpdateOutcome
     from edge_agent.sync.outbox import Outbox
     from edge_agent.telemetry import factory
+    from tests.telemetry.issuer import KeyIssuer
 
     now = [1_700_000_000.0 - 1_700_000_000.0 % DAY_S]  # a UTC midnight
     rng = random.Random(7)
@@ -115,6 +116,7 @@ def day_of_telemetry(workdir: Path) -> tuple[int, int]:
             agent_version="0.1.0",
             execution_provider="cpu",
             clock=lambda: now[0],
+            issuer=KeyIssuer(),  # the hub's real keys in this process: tokens cost no HTTP
         )
         collector = telemetry.collector
         collector.record_restart(crashed=False)

@@ -539,6 +539,7 @@ def serve(
     from hub.fleet.enrollment import EnrollmentDesk, enrollment_route, hub_ca_route
     from hub.fleet.https import fingerprint, https_files, is_loopback, tls_hosts
     from hub.service import HubService
+    from hub.telemetry.issuance import TokenIssuer, token_route
 
     config = _config()
     bind_host = host or config.artifacts.host
@@ -566,12 +567,14 @@ def serve(
         director_keys=authority.director.public_pems,
         tuf_root=repository.trusted_root_path(),
     )
+    issuer = TokenIssuer(hub.engine, hub.token_keys)
     application = create_app(
         repository.root,
         authority.downloads,
         [
             hub_ca_route(authority.ca),
             enrollment_route(desk),
+            token_route(issuer, authority.downloads),
         ],
     )
     tls = None

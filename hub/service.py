@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
@@ -41,6 +42,7 @@ from hub.fleet.publisher import DesiredPublisher
 from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
 from hub.scheduler import add_refresh_job
+from hub.telemetry.keys import PeriodKeys, load_or_create_seed, seed_file
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,17 @@ class HubService:
     ingest: IngestConsumer | None = field(default=None, init=False)
     publisher: DesiredPublisher | None = field(default=None, init=False)
     scheduler: BackgroundScheduler | None = field(default=None, init=False)
+    token_seed_file: Path = field(init=False)
+    token_keys: PeriodKeys = field(init=False)
     _revoked: list[int] = field(default_factory=list, init=False)
     _groups: dict[str, list[str]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.engine = db.make_engine(self.config.database_url)
         self.authority = FleetAuthority(self.config)
+        self.token_seed_file = seed_file(self.config.identity_dir)
+        # Made now: the ingest's writer processes and the token issuer read the same seed.
+        self.token_keys = PeriodKeys(load_or_create_seed(self.token_seed_file))
 
     def start(self) -> None:
         """Start every part; on any failure what was started is stopped again."""
@@ -97,6 +104,7 @@ class HubService:
                 filters=HUB_INGEST_TOPICS if self.broker is not None else HUB_INGEST_FILTERS,
                 writer="process",
                 writer_processes=writer_processes_for(self.config.database_url),
+                token_seed_file=self.token_seed_file,
             ),
         )
         self.ingest.start(CONNECT_TIMEOUT_S)

@@ -20,6 +20,10 @@ coarsened and may carry Laplace noise (`dp_epsilon` set). The rules live in
   So a coarsened histogram can sum above `requests` by up to SMALL_COUNT-1 per cell.
 * Token totals: rounded up to a multiple of TOKEN_QUANTUM (0 stays 0).
 
+Every report sent to the hub carries `token`: the anonymous proof that its pseudonym belongs
+to a distinct enrolled device for that period (see `token_input` and edge_agent.telemetry.tokens).
+Reports kept only in the local log may have none; the hub refuses a report without a valid one.
+
 Histogram bucket `i` counts values v with EDGES[i-1] <= v < EDGES[i] (the first bucket has
 no lower bound, the last no upper bound), so a histogram has len(EDGES) + 1 cells.
 """
@@ -52,6 +56,11 @@ LOAD_EDGES_S: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 PEAK_MEMORY_EDGES_MIB: tuple[float, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 _ISO_WEEK = re.compile(r"[0-9]{4}-W(0[1-9]|[1-4][0-9]|5[0-3])")
+# A VOPRF output of ristretto255-SHA512 (RFC 9497): 64 bytes, as lowercase hex.
+TOKEN_HEX_CHARS = 128
+_TOKEN = re.compile(rf"[0-9a-f]{{{TOKEN_HEX_CHARS}}}")
+# Domain separation of the token's input: the hub's period key evaluates nothing else.
+TOKEN_CONTEXT = b"edge-fleet telemetry token v1\0"
 
 
 class ErrorClass(StrEnum):
@@ -110,6 +119,21 @@ def _iso_week(value: str) -> str:
     return value
 
 
+def _token(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"must be {TOKEN_HEX_CHARS} lowercase hex digits")
+    return value
+
+
+def token_input(period: str, pseudonym: str) -> bytes:
+    """What the hub's key for `period` evaluates to make the token of `pseudonym`.
+
+    The token binds the pseudonym: a device is issued one evaluation per period, so it can
+    make exactly one pseudonym valid, and a token shown beside any other pseudonym (an
+    invented one, another period's) fails verification."""
+    return TOKEN_CONTEXT + period.encode() + b"\0" + pseudonym.encode()
+
+
 def _utc(value: datetime) -> datetime:
     if value.utcoffset() is None:
         raise ValueError("must carry a time zone (UTC)")
@@ -125,6 +149,7 @@ def iso_week(moment: datetime) -> str:
 # strict: a count is a JSON integer, never a string, float or boolean.
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 IsoWeek = Annotated[str, AfterValidator(_iso_week)]
+PeriodToken = Annotated[str, AfterValidator(_token)]
 TTFT_CELLS = len(TTFT_EDGES_S) + 1
 PER_TOKEN_CELLS = len(PER_TOKEN_EDGES_S) + 1
 LOAD_CELLS = len(LOAD_EDGES_S) + 1
@@ -187,6 +212,8 @@ class TelemetryReport(Closed):
     restarts: Count = 0
     crashes: Count = 0  # restarts after which the previous run had not stopped cleanly
     dp_epsilon: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    # VOPRF(period key, token_input(period, pseudonym)); None only in the local log.
+    token: PeriodToken | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -130,6 +130,7 @@ def to_report(
     hardware: HardwareClass,
     noise: Noise | None = None,
     dp_epsilon: float | None = None,
+    token: str | None = None,
 ) -> TelemetryReport:
     """The report of one tally: noised (when `noise` is given), then coarsened."""
     add = noise or _exact
@@ -156,6 +157,7 @@ def to_report(
         "errors": by_class(tally.errors, ErrorClass),
         "rejections": count(tally.rejections),
         "dp_epsilon": dp_epsilon,
+        "token": token,
     }
     if release is None:
         return TelemetryReport(

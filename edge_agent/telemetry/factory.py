@@ -4,6 +4,7 @@
 <data dir>/telemetry/running           the run marker (crash detection)
 <data dir>/telemetry/dp-budget.json    epsilon spent in the current period
 <data dir>/telemetry/sent.log (+ .1)   the transparency log
+<data dir>/telemetry/tokens.json       the anonymous tokens held, by period (0600)
 """
 
 from __future__ import annotations
@@ -24,14 +25,31 @@ from edge_agent.telemetry.lifecycle import RunMarker
 from edge_agent.telemetry.privacy import PrivacyBudget
 from edge_agent.telemetry.pseudonym import load_or_create_secret
 from edge_agent.telemetry.publisher import Policy, Publisher
+from edge_agent.telemetry.tokens import Issuer, Wallet
 from edge_agent.telemetry.transparency import TransparencyLog, render
 
 if TYPE_CHECKING:  # SQLAlchemy: loaded only where an outbox is used
     from edge_agent.sync.outbox import Outbox
 
 
+# What the hub can still learn although every report is anonymous, coarsened and maybe
+# noised: printed by `edge-agent telemetry show` and in the README.
+VISIBLE_NOTE = """
+What the hub can see beyond the numbers above: a report exists only for a window in which
+this device recorded something for that release (a request, an error, a load, an update,
+a restart), so the presence of a report shows the device was used or restarted in that
+hour, even when dp_epsilon noises every count. The hub also sees the pseudonym (the same
+for every report of a week) and, when the device fetches the week's token, that this
+device asked for one (not which token it got).
+"""
+
+
 def telemetry_dir(data_dir: Path) -> Path:
     return data_dir / "telemetry"
+
+
+def wallet(data_dir: Path, issuer: Issuer | None = None) -> Wallet:
+    return Wallet(telemetry_dir(data_dir) / "tokens.json", issuer)
 
 
 def transparency_log(config: TelemetryConfig, data_dir: Path) -> TransparencyLog:
@@ -51,7 +69,17 @@ def show(config: TelemetryConfig, data_dir: Path, outbox_path: Path | None = Non
                 for item in outbox.pending(limit=outbox.max_messages)
                 if item.kind is OutboxKind.TELEMETRY
             }
-    return render(transparency_log(config, data_dir).entries(), waiting)
+    held = wallet(data_dir).held()
+    keys = "".join(f"  {period}: {held[period].public_key}\n" for period in sorted(held))
+    return (
+        render(transparency_log(config, data_dir).entries(), waiting)
+        + VISIBLE_NOTE
+        + (
+            "\nHub token keys this device was proven (compare them with other devices'):\n" + keys
+            if keys
+            else ""
+        )
+    )
 
 
 @dataclass
@@ -93,6 +121,7 @@ def build(
     agent_version: str,
     execution_provider: str,
     clock: Callable[[], float] = time.time,
+    issuer: Issuer | None = None,
 ) -> Telemetry:
     folder = telemetry_dir(data_dir)
     collector = Collector(config.window_seconds, clock=clock)
@@ -111,6 +140,7 @@ def build(
             else None
         ),
         clock=clock,
+        tokens=wallet(data_dir, issuer).token_for,
     )
     return Telemetry(
         collector, publisher, RunMarker(folder / "running"), config.publish_interval_seconds

@@ -8,6 +8,11 @@
 Every report that is queued or logged is recorded, byte for byte, in the transparency log.
 The envelope's sent_at is the window's end, not the wall clock, so the time a device
 happened to publish adds nothing to what the report says.
+
+A queued report carries the anonymous token of its pseudonym and period (see
+edge_agent.telemetry.tokens), without which the hub refuses it. A window whose period has no
+token yet (the hub unreachable) is held and tried again at the next run, before any privacy
+budget is spent on it; at a clean stop the held windows are dropped (and logged).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from edge_agent.telemetry.aggregate import ClosedWindow, to_report
 from edge_agent.telemetry.collector import Collector
 from edge_agent.telemetry.privacy import LaplaceNoise, PrivacyBudget
 from edge_agent.telemetry.pseudonym import pseudonym
+from edge_agent.telemetry.tokens import TokenSource
 from edge_agent.telemetry.transparency import Action, TransparencyLog
 
 if TYPE_CHECKING:  # the outbox brings SQLAlchemy: loaded only where reports are sent
     from edge_agent.sync.outbox import Outbox
 
 log = logging.getLogger(__name__)
+# Two weeks of hourly windows: past that, a period is no longer open for issuance anyway.
+MAX_HELD_WINDOWS = 336
 
 
 class Policy(StrEnum):
@@ -54,9 +62,16 @@ class Publisher:
         budget: PrivacyBudget | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        tokens: TokenSource | None = None,
     ) -> None:
         if policy is Policy.AGGREGATE and outbox is None:
             raise ValueError("telemetry policy aggregate needs an outbox to queue reports in")
+        if policy is Policy.AGGREGATE and tokens is None:
+            raise ValueError(
+                "telemetry policy aggregate needs a token source: the hub refuses reports "
+                "without a device token"
+            )
+
         if dp_epsilon is not None and budget is None:
             raise ValueError("differential privacy (dp_epsilon set) needs a privacy budget")
         self.collector = collector
@@ -71,15 +86,29 @@ class Publisher:
         # SystemRandom: noise an observer could predict would protect nothing.
         self._rng = rng if rng is not None else random.SystemRandom()
         self._clock = clock
+        self._tokens = tokens
+        self._held: list[ClosedWindow] = []  # closed, waiting for their period's token
 
     def publish_due(self) -> int:
         """Close the windows that have ended and hand on their reports; how many were
         queued or logged. Suitable as a periodic job (run it every few minutes)."""
-        return self._publish(self.collector.close_due())
+        return self._publish(self._take_held() + self.collector.close_due())
 
     def publish_all(self) -> int:
         """Like publish_due, with the open window too: call it at a clean stop."""
-        return self._publish(self.collector.close_all())
+        handled = self._publish(self._take_held() + self.collector.close_all())
+        if self._held:
+            log.warning(
+                "telemetry: %d window(s) dropped at stop: no token from the hub for %s",
+                len(self._held),
+                ", ".join(sorted({w.period for w in self._held})),
+            )
+            self._held = []
+        return handled
+
+    def _take_held(self) -> list[ClosedWindow]:
+        held, self._held = self._held, []
+        return held
 
     def _publish(self, windows: list[ClosedWindow]) -> int:
         if self.policy is Policy.OFF:
@@ -92,13 +121,23 @@ class Publisher:
     def _publish_window(self, window: ClosedWindow) -> int:
         noise: LaplaceNoise | None = None
         action = Action.QUEUED if self.policy is Policy.AGGREGATE else Action.LOGGED
+        name = pseudonym(self._secret, window.period)
+        token = None
+        if action is Action.QUEUED:
+            assert self._tokens is not None  # checked in __init__
+            token = self._tokens(window.period, name)
+            if token is None:  # why is logged by the wallet; tried again next run
+                self._held.append(window)
+                if len(self._held) > MAX_HELD_WINDOWS:
+                    dropped = self._held.pop(0)
+                    log.warning("telemetry: window %s dropped: no token came", dropped.start)
+                return 0
         if self.dp_epsilon is not None and self._budget is not None:
             if self._budget.try_spend(window.period, self.dp_epsilon):
                 noise = LaplaceNoise(self.dp_epsilon, self._rng)
             else:
                 action = Action.WITHHELD
                 log.info("telemetry for %s withheld: privacy budget spent", window.start)
-        name = pseudonym(self._secret, window.period)
         sent_at = window.start + timedelta(seconds=window.window_seconds)
         for release, tally in sorted(window.tallies.items(), key=lambda item: item[0] or ()):
             report = to_report(
@@ -110,6 +149,7 @@ class Publisher:
                 hardware=self._hardware,
                 noise=noise,
                 dp_epsilon=self.dp_epsilon if noise is not None else None,
+                token=token,
             )
             envelope = Envelope.of(report, sent_at=sent_at)
             # Logged before it is queued: the log may show a message that failed to queue,

@@ -10,6 +10,7 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from hub import db
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
         default="process",
         help="decode and store in a child process (default) or in this one",
     )
+    parser.add_argument(
+        "--token-seed-file",
+        type=Path,
+        default=None,
+        help="the hub's telemetry token seed (without it telemetry reports are refused)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -43,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             client_id=args.client_id,
             writer=args.writer,
             writer_processes=writer_processes_for(args.database_url),
+            token_seed_file=args.token_seed_file,
         ),
     )
     done = threading.Event()

@@ -11,6 +11,11 @@ Messages are written in batches (up to `batch_max` messages, or what arrived wit
 `batch_window_s` of the first), one transaction each. A message that `decode` refuses
 (malformed, oversized, a newer schema version, the wrong topic) is logged with the reason,
 counted, and acknowledged: redelivering it would never make it acceptable.
+
+A telemetry report is stored only with a valid anonymous token (hub.telemetry.keys): one
+without (MissingToken), or with one its period's key did not make for its pseudonym
+(InvalidToken), is refused the same way. A token is checked once per writer and then
+remembered, so the cost (about 35 us) is paid once per device and week, not per report.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -37,8 +43,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from edge_agent.mqtt import BrokerAddress, TlsFiles, connect_persistent, new_client, stop_client
 from edge_agent.protocol.errors import MessageError
 from edge_agent.protocol.messages import Envelope, MessageKind, decode
+from edge_agent.protocol.telemetry import TelemetryReport
 from edge_agent.protocol.topics import HUB_INGEST_FILTERS
 from hub.ingest.store import now, store
+from hub.telemetry.keys import (
+    InvalidToken,
+    PeriodKeys,
+    TokenVerifier,
+    load_or_create_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +91,8 @@ class IngestSettings:
     writer: Literal["thread", "process"] = "thread"
     # With writer="process": how many (batches go round, results come back in order).
     writer_processes: int = 1
+    # The seed of the telemetry token keys (hub.telemetry.keys); None: telemetry is refused.
+    token_seed_file: Path | None = None
 
 
 @dataclass
@@ -118,9 +133,15 @@ class BatchWriter:
     """Decodes a batch of (topic, payload) and stores what is acceptable in one
     transaction; counts what it refused and why."""
 
-    def __init__(self, engine: Engine, stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        stopping: threading.Event | None = None,
+        tokens: TokenVerifier | None = None,
+    ) -> None:
         self.engine = engine
         self.stopping = stopping or threading.Event()
+        self.tokens = tokens  # None: no token key, so no telemetry can be verified
         self.refused: Counter[str] = Counter()
 
     def write(self, items: list[tuple[str, bytes]]) -> BatchResult | None:
@@ -138,6 +159,10 @@ class BatchWriter:
             envelope = decode(topic, payload)
             if envelope.kind not in INGESTED_KINDS:
                 raise MessageError(f"a {envelope.kind} message is not for the hub's ingest")
+            if isinstance(envelope.payload, TelemetryReport):
+                if self.tokens is None:
+                    raise InvalidToken("this ingest worker has no telemetry token key")
+                self.tokens.check(envelope.payload)
         except MessageError as exc:
             reason = type(exc).__name__
             self.refused[reason] += 1
@@ -181,14 +206,18 @@ class BatchWriter:
                 return total
 
 
-def _writer_process(url: str, connection: Connection) -> None:
+def token_verifier(seed_file: Path | None) -> TokenVerifier | None:
+    return None if seed_file is None else TokenVerifier(PeriodKeys(load_or_create_seed(seed_file)))
+
+
+def _writer_process(url: str, seed_file: Path | None, connection: Connection) -> None:
     """A child's loop: batches in, results out, until None or the parent goes away."""
     from edge_agent import logs
     from hub import db
 
     logs.configure()
     engine = db.make_engine(url)
-    writer = BatchWriter(engine)
+    writer = BatchWriter(engine, tokens=token_verifier(seed_file))
     # A process that only decodes and stores: its objects die young and hold no cycles, so
     # collecting every 700 allocations (the default) is pure cost; the start-up objects
     # are frozen out of every later collection.
@@ -211,8 +240,11 @@ class _ProcessWriter:
     and every unanswered batch sent again: none was acknowledged, and storing is
     idempotent."""
 
-    def __init__(self, engine: Engine, stopping: threading.Event) -> None:
+    def __init__(
+        self, engine: Engine, stopping: threading.Event, seed_file: Path | None = None
+    ) -> None:
         self.url = engine.url.render_as_string(hide_password=False)
+        self.seed_file = seed_file
         self.stopping = stopping
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
@@ -226,7 +258,10 @@ class _ProcessWriter:
     def _start(self) -> Connection:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
-            target=_writer_process, args=(self.url, child), name="hub-ingest-writer", daemon=True
+            target=_writer_process,
+            args=(self.url, self.seed_file, child),
+            name="hub-ingest-writer",
+            daemon=True,
         )
         self._process.start()
         child.close()
@@ -302,9 +337,12 @@ class IngestConsumer:
         self._generation = 0
         self._busy = False  # the worker holds a batch taken from the inbox
         self._worker: threading.Thread | None = None
-        self._writer = BatchWriter(engine, self._stopping)
+        self._writer = BatchWriter(engine, self._stopping, token_verifier(settings.token_seed_file))
         self._process_writers = (
-            [_ProcessWriter(engine, self._stopping) for _ in range(settings.writer_processes)]
+            [
+                _ProcessWriter(engine, self._stopping, settings.token_seed_file)
+                for _ in range(settings.writer_processes)
+            ]
             if settings.writer == "process"
             else []
         )

@@ -40,6 +40,7 @@ __all__ = [
     "HISTOGRAMS",
     "OUTCOME_COLUMNS",
     "TELEMETRY",
+    "TOKEN_ISSUANCE",
     "Histogram",
     "telemetry_row",
 ]
@@ -108,6 +109,18 @@ TELEMETRY = Table(
     # The query's filter, and the join of a release's rows to the same window's agent row.
     Index(None, "model", "version", "window_hour"),
     Index(None, "pseudonym", "window_start"),
+)
+
+
+# One row per device and period that was issued its anonymous token: what limits a device to
+# one token a period. It holds who and when, never the blinded element or what was returned:
+# nothing here can be matched with a stored report's pseudonym or token.
+TOKEN_ISSUANCE = Table(
+    "telemetry_token_issuance",
+    METADATA,
+    Column("device_id", String(ID_CHARS), primary_key=True),
+    Column("period", String(8), primary_key=True),  # ISO week, e.g. 2030-W02
+    Column("issued_at", UtcDateTime(), nullable=False),
 )
 
 

@@ -20,7 +20,13 @@ from edge_agent.protocol.telemetry import (
     iso_week,
 )
 from hub.ingest.store import now, store
+from hub.telemetry.keys import PeriodKeys
 from hub.telemetry.models import TELEMETRY
+
+# The hub's token seed in these tests: reports made here carry the token it would issue.
+TOKEN_SEED = b"edge-fleet telemetry test seed!!"
+TOKEN_KEYS = PeriodKeys(TOKEN_SEED)
+WITH_TOKEN = "issued"  # report()'s default: the token the hub issued for the pseudonym
 
 # A Tuesday: every hour and day of the tests lies in one ISO week.
 T0 = datetime(2030, 1, 8, 0, 0, tzinfo=UTC)
@@ -40,12 +46,18 @@ def report(
     hour: int = 0,
     model: str | None = "chat",
     version: str | None = "1.0.0",
+    token: str | None = WITH_TOKEN,
     **fields: Any,
 ) -> Envelope:
-    """A one-hour report of `device` (a number; the hub sees only its pseudonym)."""
+    """A one-hour report of `device` (a number; the hub sees only its pseudonym), with the
+    token the hub issued for that pseudonym unless `token` says otherwise."""
     start = T0 + timedelta(hours=hour)
+    name = fields.pop("pseudonym", pseudonym(device, iso_week(start)))
+    if token == WITH_TOKEN:
+        token = TOKEN_KEYS.token(iso_week(start), name).hex()
     payload = TelemetryReport(
-        pseudonym=pseudonym(device, iso_week(start)),
+        pseudonym=name,
+        token=token,
         period=iso_week(start),
         window_start=start,
         window_seconds=3600,

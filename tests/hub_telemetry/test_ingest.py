@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, String, select
@@ -38,12 +39,12 @@ def wait_received(worker: IngestConsumer, expected: int, timeout_s: float = 20.0
 
 
 def test_offline_reports_arrive_once_however_often_they_are_sent(
-    engine: Engine, mqtt_broker: MosquittoBroker
+    engine: Engine, mqtt_broker: MosquittoBroker, token_seed_file: Path
 ) -> None:
     # Each device was offline for a day: 24 hourly reports wait in its outbox, and travel
     # as soon as it connects; an outbox that lost its PUBACKs sends them all again.
     outboxes = {name: [busy(n, hour=h) for h in range(24)] for n, name in enumerate(DEVICES)}
-    with consumer(engine, mqtt_broker) as worker:
+    with consumer(engine, mqtt_broker, token_seed_file=token_seed_file) as worker:
         for name, outbox in outboxes.items():
             publish(mqtt_broker, name, [wire(e) for e in outbox])
         assert wait_count(engine, 6 * 24, counter=stored) == 6 * 24
@@ -72,7 +73,10 @@ def _no_device_id_stored(engine: Engine) -> None:
 
 
 def test_refused_telemetry_is_logged_and_ingest_goes_on(
-    engine: Engine, mqtt_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+    engine: Engine,
+    mqtt_broker: MosquittoBroker,
+    token_seed_file: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     good = busy(1)
     raw = json.loads(encode(good))
@@ -93,7 +97,7 @@ def test_refused_telemetry_is_logged_and_ingest_goes_on(
         (device_topic("site-1", DeviceTopic.REPORTED), encode(good)),  # on a device's topic
     ]
     caplog.set_level(logging.WARNING, logger="hub.ingest.consumer")
-    with consumer(engine, mqtt_broker) as worker:
+    with consumer(engine, mqtt_broker, token_seed_file=token_seed_file) as worker:
         publish(mqtt_broker, "site-1", [*bad, wire(good), wire(event("site-1"))])
         assert wait_count(engine, 1, counter=stored) == 1
         assert wait_count(engine, 1) == 1  # the install event
@@ -109,9 +113,11 @@ def test_refused_telemetry_is_logged_and_ingest_goes_on(
     assert rows[0].suppressed  # one device: stored, never shown
 
 
-def test_an_agent_report_is_stored(engine: Engine, mqtt_broker: MosquittoBroker) -> None:
+def test_an_agent_report_is_stored(
+    engine: Engine, mqtt_broker: MosquittoBroker, token_seed_file: Path
+) -> None:
     agent: Envelope = report(3, model=None, version=None, crashes=2, restarts=2)
-    with consumer(engine, mqtt_broker) as worker:
+    with consumer(engine, mqtt_broker, token_seed_file=token_seed_file) as worker:
         publish(mqtt_broker, "site-3", [wire(agent)])
         assert wait_count(engine, 1, counter=stored) == 1
         assert worker.wait_idle()
@@ -121,13 +127,13 @@ def test_an_agent_report_is_stored(engine: Engine, mqtt_broker: MosquittoBroker)
 
 
 def test_reports_sent_while_the_hub_is_away_arrive_when_it_is_back(
-    engine: Engine, mqtt_broker: MosquittoBroker
+    engine: Engine, mqtt_broker: MosquittoBroker, token_seed_file: Path
 ) -> None:
-    with consumer(engine, mqtt_broker, "hub-away"):
+    with consumer(engine, mqtt_broker, "hub-away", token_seed_file=token_seed_file):
         pass  # the session (and its subscriptions) outlive the worker
     messages = [busy(n, hour=h) for n in range(5) for h in range(3)]
     publish(mqtt_broker, "site-0", [wire(e) for e in messages])
-    with consumer(engine, mqtt_broker, "hub-away") as worker:
+    with consumer(engine, mqtt_broker, "hub-away", token_seed_file=token_seed_file) as worker:
         assert wait_count(engine, 15, counter=stored) == 15
         wait_received(worker, 15)
     assert worker.stats.duplicates == 0

@@ -1,7 +1,8 @@
 """The canary: prompts carrying unique strings go through a real agent in a fleet, and every
 byte the agent sends is captured at the broker. No canary, no 8-character piece of one, no
 hash of one and no piece of a model's answer may appear in any of it, and every message
-must validate against the protocol (telemetry against its closed schema)."""
+must validate against the protocol (telemetry against its closed schema). The hub's
+artifact server, with its telemetry token route, gives the agent its anonymous token."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from pathlib import Path
 import openai
 import pytest
 from paho.mqtt.client import MQTTMessage
+from sqlalchemy import create_engine
 
 from edge_agent.protocol import TELEMETRY_TOPIC, MessageKind, TelemetryReport, decode
-from tests.conftest import free_port
+from hub.artifacts.server import create_app
+from hub.artifacts.tokens import TokenStore
+from hub.telemetry.issuance import TokenIssuer, token_route
+from hub.telemetry.keys import PeriodKeys
+from hub.telemetry.models import TOKEN_ISSUANCE
+from tests.conftest import ServerThread, free_port
 from tests.fleet.processes import wait_for
 from tests.fleet.test_hub_and_agent import Device
 from tests.mqtt_broker import MosquittoBroker, TestClient
@@ -29,6 +36,8 @@ PIECE = 8
 
 class FleetDevice(Device):
     broker_port: int = 0
+    hub_url: str = ""
+    download_token: str = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -36,7 +45,20 @@ class FleetDevice(Device):
             **super().env,
             "EDGE_AGENT__SYNC__BROKER_URL": f"mqtt://127.0.0.1:{self.broker_port}",
             "EDGE_AGENT__SYNC__DEVICE_ID": DEVICE_ID,
+            "EDGE_AGENT__UPDATES__SOURCE": self.hub_url,
+            "EDGE_AGENT__UPDATES__TOKEN": self.download_token,
         }
+
+
+def hub_server(fleet: Fleet, folder: Path) -> tuple[ServerThread, str]:
+    """The hub's HTTP server (releases and telemetry tokens) and the device's token."""
+    folder.mkdir()
+    engine = create_engine(f"sqlite:///{folder / 'hub.sqlite3'}")
+    TOKEN_ISSUANCE.create(engine)
+    downloads = TokenStore(folder / "download-tokens.json")
+    issuer = TokenIssuer(engine, PeriodKeys(b"s" * 32))
+    app = create_app(fleet.repo.root, downloads, [token_route(issuer, downloads)])
+    return ServerThread(app), downloads.issue(DEVICE_ID)
 
 
 def forbidden(secret: str) -> set[str]:
@@ -60,10 +82,12 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
     broker = MosquittoBroker(tmp_path / "broker")
     canaries = [f"CANARY{uuid.uuid4().hex.upper()}" for _ in range(6)]
     answers: list[str] = []
-    with broker, TestClient(broker, "capture") as capture:
+    hub, download_token = hub_server(fleet, tmp_path / "hub")
+    with broker, hub, TestClient(broker, "capture") as capture:
         capture.subscribe("#")
         device = FleetDevice(fleet.device, free_port())
         device.broker_port = broker.port
+        device.hub_url, device.download_token = hub.url, download_token
         try:
             device.serve("tiny")
             with openai.OpenAI(  # closed: its connections must not outlive the test
@@ -118,6 +142,7 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
             assert envelope.kind is MessageKind.TELEMETRY and envelope.device_id is None
             assert isinstance(envelope.payload, TelemetryReport)
             assert DEVICE_ID.encode() not in message.payload
+            assert envelope.payload.token is not None  # the hub would accept it
     assert MessageKind.TELEMETRY in kinds
     reports = [
         decode(m.topic, bytes(m.payload)).payload for m in captured if m.topic == TELEMETRY_TOPIC

@@ -34,7 +34,9 @@ from edge_agent.telemetry import (
 )
 from edge_agent.telemetry.factory import build, show
 from edge_agent.telemetry.pseudonym import pseudonym
+from edge_agent.telemetry.tokens import Wallet
 from edge_agent.telemetry.transparency import MIN_LOG_BYTES
+from tests.telemetry.issuer import KeyIssuer
 
 WINDOW = 3600
 T0 = 1_893_456_000  # 2030-01-01T00:00:00Z
@@ -79,6 +81,7 @@ def publisher(
         budget=PrivacyBudget(tmp_path / "budget.json", budget) if dp_epsilon else None,
         rng=random.Random(3),
         clock=clock,
+        tokens=Wallet(tmp_path / "tokens.json", KeyIssuer()).token_for,
     )
 
 
@@ -157,6 +160,19 @@ def test_dp_noises_reports_and_withholds_once_the_budget_is_spent(
     assert all(isinstance(r, TelemetryReport) and r.dp_epsilon == 1.0 for r in queued)
     requests = [r.requests for r in queued if isinstance(r, TelemetryReport) and r.model]
     assert all(900 < n < 1100 for n in requests)
+    # Noised, not exact: 1000 requests, each in ttft cell 3 and per-token cell 3, 100 + 50
+    # tokens each. Exact values everywhere would mean the noise was never applied.
+    exact = (1000, 100_096, 50_176, 1000, 1000)
+    noised = [
+        (r.requests, r.tokens_in, r.tokens_out, r.ttft_histogram[3], r.per_token_histogram[3])
+        for r in queued
+        if isinstance(r, TelemetryReport) and r.model
+    ]
+    assert len(noised) == 2
+    assert all(sum(a != b for a, b in zip(values, exact, strict=True)) >= 3 for values in noised)
+    # Under noise a class that never happened gets a noisy count too, so its presence
+    # does not tell which did.
+    assert any(r.errors for r in queued if isinstance(r, TelemetryReport))
     assert [e.action for e in pub.transparency.entries()][-2:] == [Action.WITHHELD] * 2
     # A new week, a new budget.
     clock.now = T0 + 7 * 24 * WINDOW + 10
@@ -211,6 +227,7 @@ def test_build_from_config_and_show(tmp_path: Path, outbox: Outbox) -> None:
         agent_version="0.1.0",
         execution_provider="cpu",
         clock=clock,
+        issuer=KeyIssuer(),
     )
     telemetry.start()
     telemetry.collector.record_request(
@@ -220,6 +237,8 @@ def test_build_from_config_and_show(tmp_path: Path, outbox: Outbox) -> None:
     assert outbox.depth() == 2
     shown = show(config, tmp_path)
     assert shown.count(TELEMETRY_TOPIC) == 2 and '"requests": 5' in shown
+    assert "presence of a report shows the device was used" in shown
+    assert KeyIssuer().keys.public_key("2030-W01").hex() in shown  # the key it was proven
     assert not (tmp_path / "telemetry" / "running").exists()
 
 
