@@ -93,22 +93,17 @@ def _load_hooks(
 
 
 def _finish_interrupted_update() -> None:
-    """An update cut short by a crash or power loss completes or rolls back first.
-
-    Nothing here may stop inference: whatever goes wrong is said, and serving goes on
-    with the active version."""
+    """An update cut short by a crash or power loss completes or rolls back first."""
     config = _config()
     if not config.update_state_path.is_file():
         return  # never updated here: skip loading the update client at all
-    from edge_agent.store import ModelStore, StoreError
-    from edge_agent.updates.errors import StateDamaged, UpdateError
+    from edge_agent.store import ModelStore
+    from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.manager import UpdateManager
 
     try:
         UpdateManager(ModelStore(config.data_dir), config.update_state_path).recover()
-    except StateDamaged as exc:
-        typer.echo(f"edge-agent: the update state was unreadable: {exc}", err=True)
-    except (UpdateError, StoreError, OSError) as exc:
+    except UpdateError as exc:
         typer.echo(f"edge-agent: the interrupted update did not complete: {exc}", err=True)
 
 
@@ -155,23 +150,15 @@ def serve(
     application = create_app(api, [service], usage=usage)
     if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
         from edge_agent.runtime.swap import ActiveWatcher
-        from edge_agent.updates.errors import StateDamaged
         from edge_agent.updates.machine import Phase, StateFile
 
         updates = StateFile(config.update_state_path)
-
-        def settled() -> bool:
-            try:
-                return updates.load().phase is Phase.IDLE
-            except StateDamaged:  # keep the version that serves; the next update resets it
-                return False
-
         ActiveWatcher(
             application.state.services,
             ref.name,
             lambda: _service(ref, telemetry),
             config.updates.watch_interval_seconds,
-            settled=settled,
+            settled=lambda: updates.load().phase is Phase.IDLE,
         ).start()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
@@ -360,21 +347,15 @@ def chat(
 def models() -> None:
     """List the installed models: active, previous and pending versions."""
     from edge_agent.store import ModelStore
-    from edge_agent.updates.machine import Phase, StateFile, UpdateRecord
+    from edge_agent.updates.machine import Phase, StateFile
 
     config = _config()
     found = installed_models(config.models_dir)
     if not found:
         typer.echo(f"no models installed in {config.models_dir}")
         return
-    from edge_agent.updates.errors import StateDamaged
-
     store = ModelStore(config.data_dir)
-    try:
-        record = StateFile(config.update_state_path).load()
-    except StateDamaged as exc:
-        typer.echo(f"update state unreadable ({exc}); `edge-agent update` resets it", err=True)
-        record = UpdateRecord()
+    record = StateFile(config.update_state_path).load()
     for ref in found:
         size = sum(f.stat().st_size for f in ref.path.rglob("*") if f.is_file())
         active, previous = store.active(ref.name), store.previous(ref.name)
@@ -559,12 +540,10 @@ def status() -> None:
             typer.echo(f"model {name}: {exc}")
             continue
         typer.echo(f"model {name}: active {active.version if active else 'none'}")
-    from edge_agent.updates.errors import StateDamaged
-
     try:
         record = StateFile(config.update_state_path).load()
-    except StateDamaged as exc:
-        fail(f"{exc}; `edge-agent serve` or `edge-agent update` moves it aside")
+    except RuntimeError as exc:
+        fail(str(exc))
     if record.phase is Phase.IDLE:
         typer.echo("update: idle")
     else:
