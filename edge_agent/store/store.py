@@ -189,6 +189,8 @@ class ModelStore:
         else:
             raise StoreError(f"chunk {sha256[:12]}... is neither downloaded nor installed")
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            if path.is_file():  # a downloaded copy: drop it alone, the next try fetches it
+                path.unlink()
             raise CorruptChunk(f"stored chunk {sha256[:12]}... is damaged; fetch it again")
         return data
 

@@ -6,7 +6,13 @@ UpdateError
 │                       rollback, hashes, lengths): nothing was installed
 ├── DownloadFailed      the transfer failed; what arrived is kept, retry resumes
 ├── Refused             signed and fresh, but not allowed here (older than the
-│                       floor, revoked, failed before, wrong model)
+│   │                   floor, revoked, failed before, wrong model)
+│   └── NoRoom          the disk lacks the space, or the file system the names, it
+│                       needs: refused before anything is written
+├── InstallFailed       the device could not write or activate the new version (an
+│                       OS error, a damaged store); the previous version stays active
+├── StateDamaged        the update state file is unreadable; moved aside, the update
+│                       machine starts afresh
 └── HealthCheckFailed   the new version did not load or generate; rolled back
 """
 
@@ -34,6 +40,18 @@ class AccessDenied(DownloadFailed):
 
 
 class Refused(UpdateError):
+    pass
+
+
+class NoRoom(Refused):
+    pass
+
+
+class InstallFailed(UpdateError):
+    pass
+
+
+class StateDamaged(UpdateError):
     pass
 
 

@@ -8,13 +8,15 @@ finds; the attempt counter stops an update that keeps crashing the agent from lo
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent import faults
-from edge_agent.atomic import write_atomic
+from edge_agent.atomic import fsync_dir, write_atomic
 from edge_agent.protocol import UpdateEvent, UpdatePhase
+from edge_agent.updates.errors import StateDamaged
 
 SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 3
@@ -66,25 +68,35 @@ class StateFile:
         self.path = path
 
     def load(self) -> UpdateRecord:
+        """The record on disk (IDLE when there is none); StateDamaged when unreadable."""
         try:
             data = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return UpdateRecord()
-        except json.JSONDecodeError as exc:
-            raise RuntimeError(f"{self.path} is damaged ({exc}); move it aside to reset") from exc
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema version {data.get('schema_version')}, this agent "
-                f"reads {SCHEMA_VERSION}"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StateDamaged(f"{self.path} is damaged ({exc})") from exc
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            found = data.get("schema_version") if isinstance(data, dict) else None
+            raise StateDamaged(
+                f"{self.path} has schema version {found}, this agent reads {SCHEMA_VERSION}"
             )
         try:
             return UpdateRecord.model_validate(data)
         except ValidationError as exc:
-            raise RuntimeError(f"{self.path} is damaged ({exc}); move it aside to reset") from exc
+            raise StateDamaged(f"{self.path} is damaged ({exc})") from exc
 
     def save(self, record: UpdateRecord) -> None:
         write_atomic(self.path, record.model_dump_json(indent=2).encode())
         faults.checkpoint("state-saved")
+
+    def quarantine(self) -> Path:
+        """Move the unreadable file aside (kept for a post-mortem); the next load starts
+        from IDLE. The store's pointers and floors live elsewhere and are untouched."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        self.path.rename(aside)
+        fsync_dir(self.path.parent)
+        return aside
 
 
 def advance(record: UpdateRecord, event: Event, *, error: str | None = None) -> UpdateRecord:

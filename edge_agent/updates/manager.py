@@ -3,7 +3,11 @@ health check -> commit, or roll back on any failure; resume after a crash.
 
 Everything that decides whether a release may install happens before the first byte
 is written: the signature chain (ngclient), the listing (not revoked), the version floor,
-the failed-before list.
+the failed-before list, free disk space and the file system's name limits.
+
+No failure of this machinery stops inference: an OS error or a damaged store during an
+install takes the table's FAILED edge (rolled back where something was activated), an
+unreadable state file is moved aside, and the active version keeps serving.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from packaging.version import Version
 
 from edge_agent import faults
 from edge_agent.protocol import ReleaseManifest
-from edge_agent.store import CorruptChunk, ModelStore
-from edge_agent.updates.errors import HealthCheckFailed, Refused, RepositoryError
+from edge_agent.store import CorruptChunk, ModelStore, StoreError
+from edge_agent.updates import capacity
+from edge_agent.updates.errors import (
+    HealthCheckFailed,
+    InstallFailed,
+    NoRoom,
+    Refused,
+    RepositoryError,
+    StateDamaged,
+)
 from edge_agent.updates.health import check_model
 from edge_agent.updates.machine import MAX_ATTEMPTS, Event, Phase, StateFile, UpdateRecord, advance
 from edge_agent.updates.source import ReleaseSource
@@ -27,6 +39,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes to fetch)
 HealthCheck = Callable[[Path], None]
+
+# What a write or activation can fail with that is the device's fault, not the release's.
+DeviceFault = (OSError, StoreError)
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ class UpdateManager:
         active = self.store.active(model)
         if active is not None and active.version == wanted:
             return None
-        self._check_allowed(model, wanted, self.state.load())
+        self._check_allowed(model, wanted, self._load())
         return wanted
 
     def _check_allowed(self, model: str, version: str, record: UpdateRecord) -> None:
@@ -91,7 +106,7 @@ class UpdateManager:
         *,
         progress: Progress | None = None,
     ) -> Outcome:
-        record = self.state.load()
+        record = self._load()
         if record.phase is not Phase.IDLE:
             if record.model != model or (version and record.version != version):
                 raise Refused(
@@ -104,6 +119,7 @@ class UpdateManager:
             active = self.store.active(model)
             return Outcome(model, active.version if active else None, False, "already newest")
         manifest = source.manifest(model, wanted)  # listed and verified by ngclient
+        self._check_room(manifest, download=True)  # before the state file says "started"
         active = self.store.active(model)
         record = record.model_copy(
             update={
@@ -122,9 +138,13 @@ class UpdateManager:
     def recover(self) -> Outcome | None:
         """After a restart: finish or undo an interrupted update without the network.
 
-        A download waits for the next `update`; every later phase completes here.
+        A download waits for the next `update`; every later phase completes here. An
+        unreadable state file is moved aside (StateDamaged says where) and nothing resumes.
         """
-        record = self.state.load()
+        try:
+            record = self.state.load()
+        except StateDamaged as exc:
+            raise StateDamaged(f"{exc}; {self._quarantine()}") from exc
         if record.phase in (Phase.IDLE, Phase.DOWNLOADING):
             return None
         return self._resume(record, None, None)
@@ -134,34 +154,94 @@ class UpdateManager:
     ) -> Outcome:
         assert record.manifest is not None
         manifest = ReleaseManifest.model_validate_json(record.manifest)
+        try:
+            return self._run_phases(record, manifest, source, progress)
+        except OSError as exc:
+            # Not even the state could be saved (a disk with no room at all): the record
+            # keeps the last phase it reached, which resumes like after a power cut.
+            raise InstallFailed(self._not_written(manifest, exc)) from exc
+
+    def _run_phases(
+        self,
+        record: UpdateRecord,
+        manifest: ReleaseManifest,
+        source: ReleaseSource | None,
+        progress: Progress | None,
+    ) -> Outcome:
         fetched = reused = 0
         if record.phase is Phase.DOWNLOADING:
             if source is None:
                 raise RepositoryError("the download needs the repository")
             try:
+                self._check_room(manifest, download=True)
                 fetched, reused = self._download(source, manifest, progress)
             except Exception as exc:
                 self._save(advance(record, Event.FAILED, error=str(exc)))
+                if isinstance(exc, OSError):  # what arrived is kept for the next try
+                    raise InstallFailed(self._not_written(manifest, exc)) from exc
                 raise
             record = self._save(advance(record, Event.DOWNLOADED))
         if record.phase is Phase.INSTALLING:
             try:
+                self._check_room(manifest, download=False)
                 self.store.assemble(manifest)
             except CorruptChunk as exc:
-                self.store.gc()  # drop the damaged chunks; the next try fetches them again
+                # The store dropped the damaged chunk; the good ones stay for the next try.
+                self._tidy(keep=manifest)
                 self._save(advance(record, Event.FAILED, error=str(exc)))
                 raise RepositoryError(f"install of {manifest.version} stopped: {exc}") from exc
+            except (NoRoom, *DeviceFault) as exc:
+                self._tidy(keep=manifest)
+                self._save(advance(record, Event.FAILED, error=str(exc)))
+                if isinstance(exc, NoRoom):
+                    raise
+                raise InstallFailed(self._not_written(manifest, exc)) from exc
             faults.checkpoint("installed")
             record = self._save(advance(record, Event.INSTALLED))
         if record.phase is Phase.ACTIVATING:
-            self.store.activate(manifest.model, manifest.version)
-            faults.checkpoint("activated")
-            record = self._save(advance(record, Event.ACTIVATED))
+            try:
+                self.store.activate(manifest.model, manifest.version)
+            except DeviceFault as exc:
+                log.error("activating %s %s failed: %s", manifest.model, manifest.version, exc)
+                record = self._save(
+                    advance(record, Event.FAILED, error=f"activation failed: {exc}")
+                )
+            else:
+                faults.checkpoint("activated")
+                record = self._save(advance(record, Event.ACTIVATED))
         if record.phase is Phase.HEALTH_CHECK:
             record = self._health_check(record, manifest)
         if record.phase is Phase.ROLLING_BACK:
             return self._roll_back(record)
         return Outcome(manifest.model, manifest.version, True, "installed", fetched, reused)
+
+    def _check_room(self, manifest: ReleaseManifest, *, download: bool) -> None:
+        """Refuse, before writing, a release this device has no room or no names for."""
+        assembled = sum(entry.size for entry in manifest.files)
+        if download:
+            version_folder = self.store.models_dir / manifest.model / "versions"
+            capacity.check_names(version_folder / manifest.version, manifest)
+            to_fetch = sum(self.store.missing_chunks(manifest).values())
+            what = f"download and install {manifest.model} {manifest.version}"
+            capacity.check_space(self.store.root, to_fetch + assembled, what)
+        else:
+            what = f"install {manifest.model} {manifest.version}"
+            capacity.check_space(self.store.root, assembled, what)
+
+    def _not_written(self, manifest: ReleaseManifest, exc: BaseException) -> str:
+        active = self.store.active(manifest.model)
+        kept = f"{active.version} stays active" if active else "nothing was activated"
+        return (
+            f"{manifest.model} {manifest.version} could not be installed on this device "
+            f"({exc}); {kept}. Fix the cause (disk space, file system) and update again"
+        )
+
+    def _tidy(self, keep: ReleaseManifest) -> None:
+        """Remove staging leftovers; keep what the release's next try can reuse."""
+        try:
+            self.store.gc(keep=[keep])
+        except DeviceFault as exc:  # tidying is best effort; the next gc tries again
+            log.warning("cleaning up after the failed install: %s", exc)
 
     def _download(
         self, source: ReleaseSource, manifest: ReleaseManifest, progress: Progress | None
@@ -190,10 +270,10 @@ class UpdateManager:
         if record.attempts > MAX_ATTEMPTS:
             message = f"the health check was interrupted {MAX_ATTEMPTS} times"
             return self._save(advance(record, Event.FAILED, error=message))
-        installed = self.store.version(manifest.model, manifest.version)
         try:
+            installed = self.store.version(manifest.model, manifest.version)
             self.health_check(installed.path)
-        except HealthCheckFailed as exc:
+        except (HealthCheckFailed, *DeviceFault) as exc:
             log.error("%s", exc)
             return self._save(advance(record, Event.FAILED, error=str(exc)))
         faults.checkpoint("healthy")
@@ -206,23 +286,47 @@ class UpdateManager:
     def _roll_back(self, record: UpdateRecord) -> Outcome:
         model, bad = record.model, record.version
         self.store.restore(model, record.from_version)
-        failed = {**record.failed, model: sorted({*record.failed.get(model, []), bad})}
+        failed = record.failed
+        unhealthy = any(step.startswith(f"{Phase.HEALTH_CHECK}-") for step in record.history)
+        if unhealthy:  # the release itself is at fault: refuse it until a newer one exists
+            failed = {**failed, model: sorted({*failed.get(model, []), bad})}
         record = self._save(
             advance(record.model_copy(update={"failed": failed}), Event.ROLLED_BACK)
         )
-        self.store.gc()
+        self._tidy_all()
         reason = record.last_error or "unknown"
         log.error("rolled %s back to %s: %s", model, record.from_version, reason)
-        raise HealthCheckFailed(
-            f"{model} {bad} failed ({reason}); rolled back to {record.from_version}"
-        )
+        message = f"{model} {bad} failed ({reason}); rolled back to {record.from_version}"
+        raise HealthCheckFailed(message) if unhealthy else InstallFailed(message)
 
     def rollback(self, model: str) -> str:
         """An operator's rollback to the previous version."""
-        record = self.state.load()
+        record = self._load()
         if record.phase is not Phase.IDLE:
             raise Refused(f"an update is in progress ({record.phase}); let it finish first")
         return self.store.rollback(model)
+
+    def _tidy_all(self) -> None:
+        try:
+            self.store.gc()
+        except DeviceFault as exc:
+            log.warning("cleaning up after the rollback: %s", exc)
+
+    def _load(self) -> UpdateRecord:
+        """The update record; an unreadable one is moved aside and the machine restarts
+        from IDLE (the store's pointers and floors are not in it)."""
+        try:
+            return self.state.load()
+        except StateDamaged as exc:
+            log.error("%s; %s", exc, self._quarantine())
+            return UpdateRecord()
+
+    def _quarantine(self) -> str:
+        aside = self.state.quarantine()
+        return (
+            f"moved aside to {aside}; the update machine starts afresh and the active "
+            "version keeps serving"
+        )
 
     def _save(self, record: UpdateRecord) -> UpdateRecord:
         self.state.save(record)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.updates.errors import StateDamaged
 from edge_agent.updates.machine import (
     TRANSITIONS,
     Event,
@@ -51,12 +52,16 @@ def test_state_survives_a_reload(tmp_path: Path) -> None:
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(RuntimeError, match="schema version 99"):
+    with pytest.raises(StateDamaged, match="schema version 99"):
         StateFile(path).load()
 
 
-def test_damaged_state_file_says_what_to_do(tmp_path: Path) -> None:
+def test_damaged_state_file_is_refused_and_can_be_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text("{")
-    with pytest.raises(RuntimeError, match="move it aside"):
-        StateFile(path).load()
+    state = StateFile(path)
+    with pytest.raises(StateDamaged, match=r"s\.json is damaged"):
+        state.load()
+    aside = state.quarantine()
+    assert aside.read_text() == "{" and aside.name.startswith("s.json.damaged-")
+    assert state.load().phase is Phase.IDLE
