@@ -46,6 +46,9 @@ class SourceLimits:
     max_timestamp_bytes: int = 16 * 1024
     max_snapshot_bytes: int = 2 * 1024 * 1024
     max_targets_bytes: int = 8 * 1024 * 1024
+    # The release index and each manifest: the signed targets give their exact length, but
+    # a stolen targets key could list a gigabyte; refused before any of it is downloaded.
+    max_target_bytes: int = 16 * 1024 * 1024
     max_root_rotations: int = 32
 
 
@@ -124,6 +127,12 @@ class ReleaseSource:
             info = self._updater.get_targetinfo(path)
             if info is None:
                 raise Refused(f"{what} is not listed in the signed targets (revoked or unknown)")
+            if info.length > self.limits.max_target_bytes:
+                raise RepositoryError(
+                    f"{what} is listed at {info.length} bytes, more than the "
+                    f"{self.limits.max_target_bytes} this agent accepts; nothing was downloaded. "
+                    "Ask the fleet's operator to check the repository's signing keys"
+                )
             local = self._updater.download_target(
                 info, str(self._downloads / info.path.replace("/", "_"))
             )

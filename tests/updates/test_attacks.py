@@ -6,6 +6,7 @@ changes bytes in transit, as a compromised mirror or a hostile network would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from tuf.api.metadata import Metadata
 
 from edge_agent.runtime import LoadedModel, RuntimeSettings
 from edge_agent.updates.errors import Refused, RepositoryError
-from edge_agent.updates.fetchers import FolderFetcher
+from edge_agent.updates.fetchers import READ_BLOCK_BYTES, FolderFetcher
 from edge_agent.updates.source import SourceLimits
 from hub.registry.repository import ReleaseRepository
 from tests.updates.conftest import Fleet
@@ -32,6 +33,8 @@ class Attacker(FolderFetcher):
         super().__init__()
         self.rewrites: list[tuple[str, Callable[[bytes], bytes]]] = []
         self.injected: dict[str, bytes] = {}
+        self.endless_suffixes: list[str] = []
+        self.pulled = 0
 
     def rewrite(self, suffix: str, change: Callable[[bytes], bytes]) -> None:
         self.rewrites.append((suffix, change))
@@ -40,7 +43,22 @@ class Attacker(FolderFetcher):
         """Serve `data` for a URL the honest repository does not have."""
         self.injected[suffix] = data
 
+    def endless(self, suffix: str) -> None:
+        """Serve the honest bytes, then spaces that never end; `pulled` counts what the
+        device read of them."""
+        self.endless_suffixes.append(suffix)
+
+    def _endless(self, url: str) -> Iterator[bytes]:
+        for block in super()._fetch(url):
+            self.pulled += len(block)
+            yield block
+        while True:
+            self.pulled += READ_BLOCK_BYTES
+            yield b" " * READ_BLOCK_BYTES
+
     def _fetch(self, url: str) -> Iterator[bytes]:
+        if any(url.endswith(suffix) for suffix in self.endless_suffixes):
+            return self._endless(url)
         for suffix, data in self.injected.items():
             if url.endswith(suffix):
                 return iter([data])
@@ -71,6 +89,17 @@ def exactly(message: str) -> str:
 def version_of(data: bytes) -> int:
     version: int = json.loads(data)["signed"]["version"]
     return version
+
+
+def signed_target_length(repo: ReleaseRepository, suffix: str) -> int:
+    """The length the current signed targets give for the newest target named `suffix`."""
+    targets = json.loads((repo.root / "metadata" / latest(repo, "targets")).read_bytes())
+    lengths = [info["length"] for path, info in targets["signed"]["targets"].items()]
+    paths = list(targets["signed"]["targets"])
+    matching = [
+        length for path, length in zip(paths, lengths, strict=True) if path.endswith(suffix)
+    ]
+    return int(matching[-1])
 
 
 def latest(repo: ReleaseRepository, role: str) -> str:
@@ -271,6 +300,69 @@ def test_endless_timestamp(device_at_1: Fleet) -> None:
         r"^refreshing metadata: the repository sent too much data \(Downloaded \d+ bytes "
         rf"exceeding the maximum allowed length of {SourceLimits().max_timestamp_bytes}\)$",
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [("manifest.json", "release tiny 1.1.0"), ("index.json", "the release index")],
+)
+def test_endless_index_or_manifest(device_at_1: Fleet, target: str, what: str) -> None:
+    # The signed targets give each file's length: the download stops within a block of it.
+    attacker = Attacker()
+    attacker.endless(target)
+    signed_length = signed_target_length(device_at_1.repo, target)
+    # The honest file fits in one block; the first block of spaces goes past the length.
+    pulled = signed_length + READ_BLOCK_BYTES
+    message = (
+        f"fetching {what}: the repository sent too much data (Downloaded {pulled} bytes "
+        f"exceeding the maximum allowed length of {signed_length})"
+    )
+    refused(device_at_1, attacker, exactly(message))
+    assert attacker.pulled == pulled  # not a byte more was read
+
+
+def test_oversized_manifest_signed_with_stolen_online_keys(device_at_1: Fleet) -> None:
+    """The targets, snapshot and timestamp keys are stolen (the hub is compromised): the
+    attacker lists a 1 GiB manifest under valid signatures and serves endless bytes for it.
+    The agent's own cap refuses it before downloading a byte of it."""
+    repo = device_at_1.repo
+    huge = 1 << 30
+    attacker = Attacker()
+    attacker.endless("manifest.json")
+    forged: dict[str, bytes] = {}
+
+    def list_huge_manifest(targets: Any) -> None:
+        for path, info in targets.targets.items():
+            if path.endswith("1.1.0/manifest.json"):
+                info.length = huge
+
+    def point_at(role: str) -> Callable[[Any], None]:
+        def change(meta_of: Any) -> None:
+            meta = meta_of.meta[f"{role}.json"] if role == "targets" else meta_of.snapshot_meta
+            meta.length = len(forged[role])
+            meta.hashes = {"sha256": hashlib.sha256(forged[role]).hexdigest()}
+
+        return change
+
+    def forge(role: str, change: Callable[[Any], None], name: str) -> None:
+        data = (repo.root / "metadata" / name).read_bytes()
+        forged[role] = signed(data, change, repo.signer(role), bump=False)
+        attacker.inject(f"/{name}", forged[role])
+
+    forge("targets", list_huge_manifest, latest(repo, "targets"))
+    forge("snapshot", point_at("targets"), latest(repo, "snapshot"))
+    forge("timestamp", point_at("snapshot"), "timestamp.json")
+    message = (
+        f"release tiny 1.1.0 is listed at {huge} bytes, more than "
+        f"the {SourceLimits().max_target_bytes} this agent accepts; nothing was downloaded. "
+        "Ask the fleet's operator to check the repository's signing keys"
+    )
+    before, trusted = device_at_1.snapshot(), device_at_1.trust()
+    with pytest.raises(RepositoryError, match=exactly(message)):
+        device_at_1.update(fetcher=attacker)
+    assert attacker.pulled == 0
+    assert device_at_1.snapshot() == before
+    assert trusted.keys() <= device_at_1.trust().keys()
 
 
 # --- keys --------------------------------------------------------------------------------
