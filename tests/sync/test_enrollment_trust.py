@@ -17,7 +17,7 @@ from tuf.api.metadata import Metadata, Root
 
 from edge_agent.protocol import METADATA_DIR
 from edge_agent.protocol.enrollment import ENROLL_PATH
-from edge_agent.sync.identity import EnrollmentFailed, Identity
+from edge_agent.sync.identity import EnrollmentFailed, Identity, key_pem, new_key
 from edge_agent.updates.errors import DownloadFailed
 from edge_agent.updates.fetchers import fetcher_for
 from edge_agent.updates.source import ReleaseSource
@@ -176,3 +176,25 @@ def test_plain_http_is_refused(real: tuple[Hub, HttpsServer], device: Device) ->
     with pytest.raises(EnrollmentFailed, match="needs the hub's https:// address"):
         device.enroll(server.url.replace("https://", "http://"), hub.token("dev-1"))
     assert device.disk() == {}
+
+
+def test_a_device_of_the_older_layout_keeps_its_key(
+    real: tuple[Hub, HttpsServer], device: Device
+) -> None:
+    """identity/ as a plain folder (before the swap layout): enrolling again keeps the key,
+    makes identity/ a symlink to the new set, and leaves no old folder behind."""
+    hub, server = real
+    folder = device.identity.folder
+    folder.mkdir(mode=0o700)
+    key = key_pem(new_key())
+    (folder / "device.key").write_bytes(key)
+    device.enroll(server.url, hub.token("dev-1"))
+    assert folder.is_symlink()
+    assert (folder / "device.key").read_bytes() == key
+    assert (folder / "device.key").stat().st_mode & 0o777 == 0o600
+    assert (folder / "enrollment.json").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in device.data.iterdir()) == [
+        folder.resolve().name,
+        "identity",
+        "trust",
+    ]
