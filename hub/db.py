@@ -1,9 +1,11 @@
 """The hub database: an engine from a URL, sessions, and migrations.
 
 SQLite (the default, one file in the hub's data folder) and PostgreSQL (for a fleet whose
-ingest outgrows one file) are both supported. SQLite connections get WAL, synchronous=NORMAL
-(durable at each checkpoint, safe against corruption) and a busy timeout, so several ingest
-workers and the CLI can share the file.
+ingest outgrows one file) are both supported. SQLite connections get WAL and a busy timeout,
+so several ingest workers and the CLI can share the file, and synchronous=FULL: a commit is
+on the disk when it returns. The ingest worker acknowledges a message to the broker after
+its commit and the device then deletes it, so with NORMAL (durable only at checkpoints) a
+power cut after the ack would lose it everywhere. `bench/ingest.py` measures the cost.
 
 `migrate(url)` brings a database to the newest schema with Alembic; the migration scripts
 ship inside the package (hub/migrations), no alembic.ini is needed.
@@ -21,7 +23,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from edge_agent.atomic import make_dirs
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_SYNCHRONOUS = "FULL"  # read at each connect; bench/ingest.py compares NORMAL
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 __all__ = ["DatabaseError", "default_url", "make_engine", "migrate", "session", "sqlite_url"]
@@ -44,7 +49,7 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
@@ -56,7 +61,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(Path(parsed.database).parent)  # a folder a power cut forgets loses the file
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine

@@ -31,7 +31,7 @@ from packaging.version import Version
 from pydantic import ValidationError
 
 from edge_agent import faults
-from edge_agent.atomic import fsync_dir, swap_symlink, write_atomic
+from edge_agent.atomic import fsync_dir, make_dirs, swap_symlink, write_atomic
 from edge_agent.protocol import ReleaseManifest
 from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
 
@@ -202,12 +202,12 @@ class ModelStore:
         if (target / RELEASE_FILE).is_file():
             return self.version(manifest.model, manifest.version)
         local = self._local_index()
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.staging_dir)
         staging = Path(tempfile.mkdtemp(prefix=f"{manifest.model}-", dir=self.staging_dir))
         try:
             for entry in manifest.files:
                 out = staging / entry.path
-                out.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(out.parent)
                 digest = hashlib.sha256()
                 with out.open("wb") as handle:
                     for chunk in entry.chunks:
@@ -219,8 +219,12 @@ class ModelStore:
                 if digest.hexdigest() != entry.sha256:
                     raise CorruptChunk(f"{entry.path} does not match its manifest hash")
                 faults.checkpoint("file-assembled")
+            # A synced file is lost with its name unless its folder is synced too; the
+            # top folder is synced by write_atomic below.
+            for folder in {(staging / entry.path).parent for entry in manifest.files}:
+                fsync_dir(folder)
             write_atomic(staging / RELEASE_FILE, manifest.model_dump_json(indent=2).encode())
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             if target.exists():  # an incomplete folder from an older, interrupted layout
                 shutil.rmtree(target)
             staging.rename(target)

@@ -46,6 +46,7 @@ from sqlalchemy.orm import registry
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, delete, select, update
 
+from edge_agent.atomic import make_dirs
 from edge_agent.protocol import MAX_MESSAGE_BYTES
 from edge_agent.sync.errors import (
     InvalidMessage,
@@ -219,7 +220,9 @@ class Outbox:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Durably: a power cut that forgets the folder forgets every message in it. (The
+        # file's own entry is synced by SQLite, which syncs the folder when it makes the WAL.)
+        make_dirs(path.parent)
         self._engine = _create_engine(path)
         try:
             self._open()

@@ -5,6 +5,9 @@ only logged under the local-log policy, or withheld because the privacy budget w
 its topic and its encoded bytes (base64, so the bytes are kept exactly). `render` shows
 them decoded for `edge-agent telemetry show`.
 
+A record is on the disk (fsync) when `record` returns, and the caller queues the message
+only after that, so a power cut cannot leave a message that went out unlogged.
+
 Bounded by `max_bytes`: two files, the current one and the previous one, each at most half
 of it. When the current file would grow past its half it replaces the previous one, so the
 newest records are always kept and the oldest go first.
@@ -22,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from edge_agent.atomic import fsync_dir, make_dirs
 from edge_agent.protocol import MAX_MESSAGE_BYTES
 
 # A record of the largest message: base64 grows it by a third, plus the JSON around it.
@@ -69,7 +73,7 @@ class TransparencyLog:
         ).encode()
         half = self.max_bytes // 2
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
             try:
                 size = self.path.stat().st_size
             except FileNotFoundError:
@@ -83,8 +87,13 @@ class TransparencyLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 os.write(fd, line)
+                # On the disk before the message is queued: a power cut must not leave a
+                # message that goes out with no line here.
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            if size + len(line) > half or not size:
+                fsync_dir(self.path.parent)  # a new file, or the rotation's rename
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.previous_path, self.path) if p.exists())
