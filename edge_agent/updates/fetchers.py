@@ -13,7 +13,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import httpx
-from tuf.api.exceptions import DownloadHTTPError, DownloadLengthMismatchError
+from tuf.api.exceptions import (
+    DownloadHTTPError,
+    DownloadLengthMismatchError,
+    SlowRetrievalError,
+)
 from tuf.ngclient import FetcherInterface
 
 READ_BLOCK_BYTES = 64 * 1024
@@ -69,6 +73,31 @@ class Fetcher(FetcherInterface):
             yield block
 
 
+def refuse_slow_retrieval(
+    blocks: Iterator[bytes], url: str, min_bytes_per_second: int, grace_seconds: float
+) -> Iterator[bytes]:
+    """Pass `blocks` on, but give up once, after `grace_seconds` spent waiting for the
+    network, it has delivered less than `min_bytes_per_second` on average. A server that
+    trickles a byte now and then never trips a read timeout and would hold an update
+    forever (TUF's slow retrieval attack). Only the time spent waiting for the network
+    counts: the bandwidth cap's own pauses happen while the consumer holds a block."""
+    waited = 0.0
+    received = 0
+    while True:
+        started = time.monotonic()
+        block = next(blocks, None)
+        waited += time.monotonic() - started
+        if block is None:
+            return
+        received += len(block)
+        if waited > grace_seconds and received < min_bytes_per_second * waited:
+            raise SlowRetrievalError(
+                f"{url} sent {received} bytes in {waited:.1f} s of waiting, slower than the "
+                f"{min_bytes_per_second} bytes/s this agent accepts (slow retrieval)"
+            )
+        yield block
+
+
 class HttpFetcher(Fetcher):
     def __init__(
         self,
@@ -77,8 +106,12 @@ class HttpFetcher(Fetcher):
         bandwidth_bytes_per_second: int = 0,
         timeout_seconds: float = 30.0,
         ca_file: Path | None = None,
+        min_bytes_per_second: int = 1024,
+        slow_grace_seconds: float = 30.0,
     ) -> None:
         super().__init__(bandwidth_bytes_per_second)
+        self.min_bytes_per_second = min_bytes_per_second
+        self.slow_grace_seconds = slow_grace_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # An enrolled device trusts its hub's CA alone for the hub; other sources, the
         # system's roots.
@@ -96,11 +129,16 @@ class HttpFetcher(Fetcher):
         if response.status_code >= 400:
             response.close()
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
-        return self._stream(response)
+        return self._stream(response, url)
 
-    def _stream(self, response: httpx.Response) -> Iterator[bytes]:
+    def _stream(self, response: httpx.Response, url: str) -> Iterator[bytes]:
+        # Blocks as the network delivers them (not gathered into READ_BLOCK_BYTES first),
+        # so that a trickle is measured as it arrives.
+        delivered = refuse_slow_retrieval(
+            response.iter_bytes(), url, self.min_bytes_per_second, self.slow_grace_seconds
+        )
         try:
-            yield from self._throttled(response.iter_bytes(READ_BLOCK_BYTES))
+            yield from self._throttled(delivered)
         finally:
             response.close()
 
