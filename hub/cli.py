@@ -590,6 +590,7 @@ def serve(
     scheme = "http" if plain else "https"
     _say(f"edge-hub {__version__}: releases and enrollment at {scheme}://{bind_host}:{bind_port}")
     _say(f"  repository {repository.root}, database {_shown_url(config.database_url)}")
+    _say(f"  telemetry token seed {hub.token_seed_file} stays private to the hub")
     where = hub.broker.description if hub.broker is not None else "external broker"
     _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:

@@ -5,7 +5,10 @@ counts do not add up (two hour cells with 3 devices each may be 3 devices or 6 i
 With one row per report, COUNT(DISTINCT pseudonym) is exact for any cell the query asks
 for (hour or day, one release or all of a model's), and the message id makes a redelivered
 report a no-op. A pseudonym is HMAC(device secret, ISO week), so within a week it counts
-devices exactly, and a UTC hour or day never spans two weeks.
+devices exactly, and a UTC hour or day never spans two weeks. Only reports whose anonymous
+token proves their pseudonym (hub.telemetry.keys) get here, so a device cannot add itself
+twice under invented pseudonyms. The token is not stored: it is a function of pseudonym and
+period, so it would add nothing but bytes.
 
 What a row holds is the report's own numbers and enums: no device id, no MQTT client id, no
 time of arrival (received_messages keeps the envelope's times). Counters and histogram cells

@@ -78,7 +78,9 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class HealthMetrics:
-    devices: int  # distinct pseudonyms (>= k)
+    # Distinct pseudonyms (>= k). Ingest stores a report only with the token of its
+    # pseudonym, issued once per enrolled device and week: one device, one pseudonym.
+    devices: int
     reports: int
     device_hours: float  # the windows these reports cover, added up
     requests: int
