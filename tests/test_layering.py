@@ -12,6 +12,7 @@ import ast
 import json
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import packages_distributions, requires
 from pathlib import Path
 
@@ -103,3 +104,15 @@ def test_the_protocol_uses_pure_paths_only() -> None:
                 found.append(f"{source.name}:{node.lineno}: open()")
     assert all(f.split(".")[-1].startswith("Pure") for f in found if "pathlib." in f), found
     assert not [f for f in found if "open()" in f or "import pathlib" in f], found
+
+
+def test_the_protocol_contract_names_every_other_agent_module() -> None:
+    """import-linter's contract lists the agent's modules one by one: a new one must join."""
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        contracts = tomllib.load(handle)["tool"]["importlinter"]["contracts"]
+    [contract] = [c for c in contracts if c["name"].startswith("edge_agent.protocol imports")]
+    package = ROOT / "edge_agent"
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    packages = {p.parent.name for p in package.glob("*/__init__.py")}
+    expected = {f"edge_agent.{name}" for name in modules | packages} - {"edge_agent.protocol"}
+    assert set(contract["forbidden_modules"]) == expected
