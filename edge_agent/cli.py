@@ -17,6 +17,7 @@ from edge_agent.program import Program, serve_http
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
+    from edge_agent.runtime.swap import ActiveWatcher
     from edge_agent.sync.service import SyncService
     from edge_agent.telemetry.collector import Collector
     from edge_agent.telemetry.factory import Telemetry
@@ -27,6 +28,9 @@ program = Program(
     "edge-agent", "Offline inference for ONNX-quantized small language models.", load_config
 )
 app = program.app
+
+# At shutdown, how long a version retired by a live switch may take to finish its requests.
+WATCHER_STOP_SECONDS = 30.0
 fail = program.fail
 
 ModelArg = Annotated[str, typer.Argument(help="installed model name or model folder path")]
@@ -93,17 +97,22 @@ def _load_hooks(
 
 
 def _finish_interrupted_update() -> None:
-    """An update cut short by a crash or power loss completes or rolls back first."""
+    """An update cut short by a crash or power loss completes or rolls back first.
+
+    Nothing here may stop inference: whatever goes wrong is said, and serving goes on
+    with the active version."""
     config = _config()
     if not config.update_state_path.is_file():
         return  # never updated here: skip loading the update client at all
-    from edge_agent.store import ModelStore
-    from edge_agent.updates.errors import UpdateError
+    from edge_agent.store import ModelStore, StoreError
+    from edge_agent.updates.errors import StateDamaged, UpdateError
     from edge_agent.updates.manager import UpdateManager
 
     try:
         UpdateManager(ModelStore(config.data_dir), config.update_state_path).recover()
-    except UpdateError as exc:
+    except StateDamaged as exc:
+        typer.echo(f"edge-agent: the update state was unreadable: {exc}", err=True)
+    except (UpdateError, StoreError, OSError) as exc:
         typer.echo(f"edge-agent: the interrupted update did not complete: {exc}", err=True)
 
 
@@ -148,18 +157,28 @@ def serve(
     service = _service(ref, telemetry)
     usage = UsageRecorder(telemetry.collector if telemetry else None)
     application = create_app(api, [service], usage=usage)
+    watcher: ActiveWatcher | None = None
     if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
         from edge_agent.runtime.swap import ActiveWatcher
+        from edge_agent.updates.errors import StateDamaged
         from edge_agent.updates.machine import Phase, StateFile
 
         updates = StateFile(config.update_state_path)
-        ActiveWatcher(
+
+        def settled() -> bool:
+            try:
+                return updates.load().phase is Phase.IDLE
+            except StateDamaged:  # keep the version that serves; the next update resets it
+                return False
+
+        watcher = ActiveWatcher(
             application.state.services,
             ref.name,
             lambda: _service(ref, telemetry),
             config.updates.watch_interval_seconds,
-            settled=lambda: updates.load().phase is Phase.IDLE,
-        ).start()
+            settled=settled,
+        )
+        watcher.start()
     url = f"http://{bind_host}:{bind_port}"
     typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
     typer.echo(
@@ -170,6 +189,8 @@ def serve(
     try:
         serve_http(application, bind_host, bind_port)
     finally:
+        if watcher is not None:
+            watcher.stop(WATCHER_STOP_SECONDS)  # a version retiring mid-switch finishes first
         if telemetry is not None:
             telemetry.stop()  # the open window goes into the outbox before it closes
         if sync is not None:
@@ -347,15 +368,21 @@ def chat(
 def models() -> None:
     """List the installed models: active, previous and pending versions."""
     from edge_agent.store import ModelStore
-    from edge_agent.updates.machine import Phase, StateFile
+    from edge_agent.updates.machine import Phase, StateFile, UpdateRecord
 
     config = _config()
     found = installed_models(config.models_dir)
     if not found:
         typer.echo(f"no models installed in {config.models_dir}")
         return
+    from edge_agent.updates.errors import StateDamaged
+
     store = ModelStore(config.data_dir)
-    record = StateFile(config.update_state_path).load()
+    try:
+        record = StateFile(config.update_state_path).load()
+    except StateDamaged as exc:
+        typer.echo(f"update state unreadable ({exc}); `edge-agent update` resets it", err=True)
+        record = UpdateRecord()
     for ref in found:
         size = sum(f.stat().st_size for f in ref.path.rglob("*") if f.is_file())
         active, previous = store.active(ref.name), store.previous(ref.name)
@@ -540,10 +567,12 @@ def status() -> None:
             typer.echo(f"model {name}: {exc}")
             continue
         typer.echo(f"model {name}: active {active.version if active else 'none'}")
+    from edge_agent.updates.errors import StateDamaged
+
     try:
         record = StateFile(config.update_state_path).load()
-    except RuntimeError as exc:
-        fail(str(exc))
+    except StateDamaged as exc:
+        fail(f"{exc}; `edge-agent serve` or `edge-agent update` moves it aside")
     if record.phase is Phase.IDLE:
         typer.echo("update: idle")
     else:
