@@ -1,8 +1,13 @@
 """The canary: prompts carrying unique strings go through a real agent in a fleet, and every
-byte the agent sends is captured at the broker. No canary, no 8-character piece of one, no
-hash of one and no piece of a model's answer may appear in any of it, and every message
-must validate against the protocol (telemetry against its closed schema). The hub's
-artifact server, with its telemetry token route, gives the agent its anonymous token."""
+byte the agent sends is captured: its whole TCP traffic to the broker and to the hub, both
+directions, recorded by loopback proxies in between, plus the broker's own log (CONNECT
+fields, subscriptions) and the messages the broker delivers. No canary, no 8-character
+piece of one and no hash of one may appear in any of it; no piece of a model's answer may
+appear in what the agent sends; and every delivered message must validate against the
+protocol (telemetry against its closed schema). The hub's artifact server, with its
+telemetry token route, gives the agent its anonymous token. The links are in clear here
+(mqtt://, http://), so the recorded bytes are the plaintext; the test checks that they are.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from tests.conftest import ServerThread, free_port
 from tests.fleet.processes import wait_for
 from tests.fleet.test_hub_and_agent import Device
 from tests.mqtt_broker import MosquittoBroker, TestClient
+from tests.tcp_recorder import TcpRecorder
 from tests.updates.conftest import Fleet, fleet
 
 __all__ = ["fleet"]
@@ -83,11 +89,18 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
     canaries = [f"CANARY{uuid.uuid4().hex.upper()}" for _ in range(6)]
     answers: list[str] = []
     hub, download_token = hub_server(fleet, tmp_path / "hub")
-    with broker, hub, TestClient(broker, "capture") as capture:
+    with (
+        broker,
+        hub,
+        TestClient(broker, "capture") as capture,
+        TcpRecorder(broker.port) as to_broker,
+        TcpRecorder(hub.port) as to_hub,
+    ):
         capture.subscribe("#")
         device = FleetDevice(fleet.device, free_port())
-        device.broker_port = broker.port
-        device.hub_url, device.download_token = hub.url, download_token
+        device.broker_port = to_broker.port
+        device.hub_url = f"http://127.0.0.1:{to_hub.port}"
+        device.download_token = download_token
         try:
             device.serve("tiny")
             with openai.OpenAI(  # closed: its connections must not outlive the test
@@ -128,12 +141,38 @@ def test_no_prompt_or_answer_leaves_the_device(fleet: Fleet, tmp_path: Path) -> 
         finally:
             device.stop()
         captured = drain(capture)
+    broker_log = broker.log().encode()
+
+    secrets = [*canaries, *(a for a in answers if len(a.strip()) >= PIECE)]
+    # The recordings hold real traffic, in clear: the MQTT CONNECT's protocol name and the
+    # telemetry topic; HTTP requests to the hub (the telemetry token, update metadata).
+    assert b"\x00\x04MQTT\x05" in to_broker.sent, "the MQTT link is not in clear any more"
+    assert TELEMETRY_TOPIC.encode() in to_broker.sent
+    assert b" HTTP/1.1\r\n" in to_hub.sent and to_hub.connections >= 1
+    assert b"New client connected" in broker_log
+    sent = {"to the broker": to_broker.sent, "to the hub": to_hub.sent}
+    for where, data in sent.items():
+        for secret in secrets:
+            for piece in forbidden(secret):
+                assert piece.encode() not in data, f"{piece!r} sent {where}"
+    # What came back, and what the broker logged, could only hold a canary the agent sent.
+    # (Answers are left out here: the hub serves the model's own files, whose vocabulary
+    # the answers are made of.)
+    elsewhere = {
+        "from the broker": to_broker.received,
+        "from the hub": to_hub.received,
+        "in the broker's log": broker_log,
+    }
+    for where, data in elsewhere.items():
+        for canary in canaries:
+            for piece in forbidden(canary):
+                assert piece.encode() not in data, f"{piece!r} {where}"
 
     assert captured
     kinds = set()
     for message in captured:
         wire = message.topic.encode() + message.payload
-        for secret in [*canaries, *(a for a in answers if len(a.strip()) >= PIECE)]:
+        for secret in secrets:
             for piece in forbidden(secret):
                 assert piece.encode() not in wire, f"{piece!r} leaked on {message.topic}"
         envelope = decode(message.topic, bytes(message.payload))  # the protocol accepts it
