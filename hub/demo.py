@@ -793,9 +793,15 @@ def _signals_ignored() -> Iterator[None]:
 
 def run_demo(options: DemoOptions, stdout: IO[str] | None = None) -> None:
     """`edge-hub demo`: returns after Ctrl-C or SIGTERM, DemoError when a step fails."""
+    quiet = [logging.getLogger(name) for name in ("hub", "edge_agent")]
+    levels = [logger.level for logger in quiet]
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the progress lines say it
-        for name in ("hub", "edge_agent"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for logger in quiet:
+            logger.setLevel(logging.WARNING)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(file=stdout or sys.stdout, highlight=False)
-    Demo(options, console, out).run()
+    try:
+        Demo(options, console, out).run()
+    finally:  # a caller in the same process (a test, a script) keeps its own log levels
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
