@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -24,6 +26,7 @@ from edge_agent.protocol import METADATA_DIR, SERVED_DIRS
 from hub.artifacts.tokens import TokenFileError, TokenStore
 
 log = logging.getLogger(__name__)
+Parsed = TypeVar("Parsed", bound=BaseModel)
 
 # Everything but timestamp.json is named by version or hash, so it never changes.
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -34,6 +37,25 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
+
+
+async def read_json_body(
+    request: Request, model: type[Parsed], max_bytes: int, what: str
+) -> Parsed | Response:
+    """The request's JSON body as `model`, or the error response to send: 413 once more
+    than `max_bytes` arrived (read no further), 400 naming each bad field."""
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > max_bytes:
+            return error(413, "too_large", f"{what} is at most {max_bytes} bytes")
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return error(400, "invalid_request", f"not {what}: {problems}")
 
 
 def create_app(

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -28,7 +27,7 @@ from edge_agent.protocol.enrollment import (
     EnrollmentRequest,
     EnrollmentResponse,
 )
-from hub.artifacts.server import error
+from hub.artifacts.server import error, read_json_body
 from hub.artifacts.tokens import TokenStore
 from hub.fleet import registry
 from hub.fleet.identity import DeviceCA, EnrollmentTokens, IdentityError
@@ -70,18 +69,11 @@ class EnrollmentDesk:
 
 def enrollment_route(desk: EnrollmentDesk) -> Route:
     async def post(request: Request) -> Response:
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_ENROLL_BYTES:
-                return error(413, "too_large", f"an enrollment is at most {MAX_ENROLL_BYTES} bytes")
-        try:
-            parsed = EnrollmentRequest.model_validate_json(bytes(body))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
-            return error(400, "invalid_request", f"not an enrollment request: {problems}")
+        parsed = await read_json_body(
+            request, EnrollmentRequest, MAX_ENROLL_BYTES, "an enrollment request"
+        )
+        if isinstance(parsed, Response):
+            return parsed
         try:
             answer = await run_in_threadpool(desk.handle, parsed)
         except IdentityError as exc:

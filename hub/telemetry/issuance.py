@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +31,7 @@ from edge_agent.protocol.tokens import (
     TokenRequest,
     TokenResponse,
 )
-from hub.artifacts.server import error
+from hub.artifacts.server import error, read_json_body
 from hub.artifacts.tokens import TokenFileError, TokenStore
 from hub.telemetry.keys import PeriodKeys
 from hub.telemetry.models import TOKEN_ISSUANCE
@@ -114,18 +113,11 @@ def token_route(issuer: TokenIssuer, downloads: TokenStore) -> Route:
                 "download token as 'Authorization: Bearer <token>'",
                 headers={"WWW-Authenticate": 'Bearer realm="edge-hub"'},
             )
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_TOKEN_REQUEST_BYTES:
-                return error(413, "too_large", f"at most {MAX_TOKEN_REQUEST_BYTES} bytes")
-        try:
-            parsed = TokenRequest.model_validate_json(bytes(body))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
-            return error(400, "invalid_request", f"not a token request: {problems}")
+        parsed = await read_json_body(
+            request, TokenRequest, MAX_TOKEN_REQUEST_BYTES, "a token request"
+        )
+        if isinstance(parsed, Response):
+            return parsed
         try:
             answer = await run_in_threadpool(issuer.issue, device, parsed)
         except IssuanceRefused as exc:
