@@ -8,15 +8,17 @@ what the fake hub received and what lies on the device's disk afterwards.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
 from edge_agent.protocol import METADATA_DIR
-from edge_agent.protocol.enrollment import ENROLL_PATH
+from edge_agent.protocol.enrollment import ENROLL_PATH, MAX_ENROLL_BYTES
 from edge_agent.sync.identity import EnrollmentFailed, Identity, key_pem, new_key
 from edge_agent.updates.errors import DownloadFailed
 from edge_agent.updates.fetchers import fetcher_for
@@ -198,3 +200,24 @@ def test_a_device_of_the_older_layout_keeps_its_key(
         "identity",
         "trust",
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{" + b" " * (MAX_ENROLL_BYTES + 1), 413, "at most"),
+        (b"not json", 400, "not an enrollment request"),
+        (b'{"device_id": "dev-1"}', 400, "token: Field required"),
+    ],
+)
+def test_a_hostile_enrollment_body_is_refused_and_enrolls_nothing(
+    real: tuple[Hub, HttpsServer], body: bytes, status: int, says: str
+) -> None:
+    hub, server = real
+    hub.token("dev-1")
+    with httpx.Client(verify=ssl.create_default_context(cafile=hub.ca.ca_cert_path)) as http:
+        answer = http.post(server.url + ENROLL_PATH, content=body)
+    assert answer.status_code == status, answer.text
+    assert says in answer.json()["error"]["message"]
+    assert hub.ca.issued_to("dev-1") == 0
+    assert hub.tokens.pending() == ["dev-1"]  # the token is still unused
