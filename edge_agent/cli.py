@@ -395,6 +395,11 @@ def models() -> None:
             parts.append(f"pending {record.version} ({record.phase})")
         parts.append(str(ref.path))
         typer.echo("\t".join(parts))
+        for version, usage in store.disk_usage(ref.name).items():
+            # Versions share unchanged files: "adds" is what this one takes beyond older ones.
+            typer.echo(
+                f"  {version}\t{usage.size / 1e6:.1f} MB\tadds {usage.adds / 1e6:.1f} MB on disk"
+            )
 
 
 @app.command()

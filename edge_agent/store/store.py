@@ -12,7 +12,9 @@ moves by one symlink swap. A crash at any instant leaves the old version active 
 new one, and at most some staging or chunk files that `gc()` removes.
 
 A chunk that any installed version already holds is read from that version's files
-(located through its manifest) instead of downloaded or stored twice.
+(located through its manifest) instead of downloaded or stored twice, and a whole file
+that an installed version already holds is shared with it (a hard link, else a reflink;
+see sharing.py) instead of written again. Installed model files are read-only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,8 +35,9 @@ from pydantic import ValidationError
 
 from edge_agent import faults
 from edge_agent.atomic import fsync_dir, make_dirs, swap_symlink, write_atomic
-from edge_agent.protocol import ReleaseManifest
+from edge_agent.protocol import FileEntry, ReleaseManifest
 from edge_agent.store.errors import CorruptChunk, StoreError, VersionMissing
+from edge_agent.store.sharing import make_read_only, share_file
 
 RELEASE_FILE = ".release.json"
 COPY_BUFFER_BYTES = 1 << 20
@@ -52,6 +56,24 @@ class GcReport:
     removed_versions: list[str] = field(default_factory=list)
     removed_chunks: int = 0
     removed_staging: int = 0
+
+
+@dataclass(frozen=True)
+class VersionUsage:
+    size: int  # all its files
+    adds: int  # what it takes beyond the older versions it shares files with
+
+
+def _holds(path: Path, size: int, sha256: str) -> bool:
+    """Whether an installed file still has the bytes its manifest promised (bit rot and
+    hand edits happen; a damaged file must not be shared into a new version)."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest() == sha256
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -205,19 +227,15 @@ class ModelStore:
         make_dirs(self.staging_dir)
         staging = Path(tempfile.mkdtemp(prefix=f"{manifest.model}-", dir=self.staging_dir))
         try:
+            installed_files = self._installed_files()
             for entry in manifest.files:
                 out = staging / entry.path
                 make_dirs(out.parent)
-                digest = hashlib.sha256()
-                with out.open("wb") as handle:
-                    for chunk in entry.chunks:
-                        data = self._read_chunk(chunk.sha256, chunk.size, local)
-                        digest.update(data)
-                        handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if digest.hexdigest() != entry.sha256:
-                    raise CorruptChunk(f"{entry.path} does not match its manifest hash")
+                twin = installed_files.get(entry.sha256)
+                if twin is None or not _holds(twin, entry.size, entry.sha256):
+                    self._write_from_chunks(out, entry, local)
+                else:
+                    share_file(twin, out)
                 faults.checkpoint("file-assembled")
             # A synced file is lost with its name unless its folder is synced too; the
             # top folder is synced by write_atomic below.
@@ -233,6 +251,50 @@ class ModelStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.version(manifest.model, manifest.version)
+
+    def _installed_files(self) -> dict[str, Path]:
+        """A file of an installed version for each whole-file hash, to share instead of
+        assembling it again."""
+        found: dict[str, Path] = {}
+        for model in self.models():
+            for version in self.versions(model):
+                installed = self.version(model, version)
+                for entry in installed.manifest.files:
+                    found.setdefault(entry.sha256, installed.path / entry.path)
+        return found
+
+    def _write_from_chunks(self, out: Path, entry: FileEntry, local: dict[str, _Located]) -> None:
+        digest = hashlib.sha256()
+        with out.open("xb") as handle:
+            for chunk in entry.chunks:
+                data = self._read_chunk(chunk.sha256, chunk.size, local)
+                digest.update(data)
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if digest.hexdigest() != entry.sha256:
+            raise CorruptChunk(f"{entry.path} does not match its manifest hash")
+        make_read_only(out)
+
+    def disk_usage(self, model: str) -> dict[str, VersionUsage]:
+        """Per version: its files' size, and the bytes it adds on disk, counting a file
+        that an older installed version shares (the same inode) as free."""
+        seen: set[tuple[int, int]] = set()
+        usage: dict[str, VersionUsage] = {}
+        for version in self.versions(model):
+            folder = self.version(model, version).path
+            size = adds = 0
+            for path in folder.rglob("*"):
+                info = path.lstat()
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                size += info.st_size
+                key = (info.st_dev, info.st_ino)
+                if key not in seen:
+                    seen.add(key)
+                    adds += info.st_size
+            usage[version] = VersionUsage(size=size, adds=adds)
+        return usage
 
     def activate(self, model: str, version: str) -> None:
         """`previous` := the active version, then `active` := `version`."""
@@ -258,6 +320,11 @@ class ModelStore:
 
     def rollback(self, model: str) -> str:
         """Make the previous version active again; returns it."""
+        if not self.versions(model):
+            installed = ", ".join(self.models()) or "none"
+            raise VersionMissing(
+                f"{model} is not installed (installed: {installed}); `edge-agent models` lists them"
+            )
         before = self.previous(model)
         if before is None:
             raise VersionMissing(f"{model} has no previous version to roll back to")

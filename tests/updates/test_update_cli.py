@@ -35,6 +35,8 @@ def test_trust_update_models_rollback(fleet: Fleet, tmp_path: Path) -> None:
     assert "tiny: 1.1.0 installed and active" in second.stdout
     listing = agent(fresh, "models").stdout
     assert "active 1.1.0" in listing and "previous 1.0.0" in listing
+    # 1.1.0 changed one small file; the weights are shared with 1.0.0, not copied
+    assert "  1.1.0\t" in listing and "\tadds 0.0 MB on disk" in listing, listing
     ran = agent(fresh, "run", "tiny", "hello", "--max-tokens", "3")
     assert ran.returncode == 0, ran.stderr
 
@@ -42,6 +44,8 @@ def test_trust_update_models_rollback(fleet: Fleet, tmp_path: Path) -> None:
     assert back.returncode == 0 and "1.0.0 is active again" in back.stdout
     none_left = agent(fresh, "rollback", "tiny")
     assert none_left.returncode == 1 and "no previous version" in none_left.stderr
+    unknown = agent(fresh, "rollback", "nosuch")
+    assert unknown.returncode == 1 and "nosuch is not installed (installed: tiny)" in unknown.stderr
 
 
 def test_not_a_root_file(fleet: Fleet, tmp_path: Path) -> None:
