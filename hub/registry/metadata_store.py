@@ -170,6 +170,34 @@ class MetadataStore(Repository):
     def snapshot_info(self) -> MetaFile:
         return self._infos["snapshot"]
 
+    def adopt_root(self, data: bytes) -> int:
+        """Take the next root version signed elsewhere (the offline key ceremony): it must
+        satisfy the current root's threshold and its own, as a client will check."""
+        try:
+            md: Metadata[Root] = Metadata[Root].from_bytes(data)
+        except (DeserializationError, ValueError) as exc:
+            raise RepositoryStateError(f"not TUF root metadata: {exc}") from None
+        previous = self._current.get("root")
+        previous_root = previous.signed if previous is not None else None
+        assert previous_root is None or isinstance(previous_root, Root)
+        expected = previous_root.version + 1 if previous_root is not None else 1
+        if md.signed.version != expected:
+            raise RepositoryStateError(
+                f"the root given is version {md.signed.version}; this repository needs "
+                f"version {expected} next"
+            )
+        result = md.signed.get_root_verification_result(
+            previous_root, md.signed_bytes, md.signatures
+        )
+        if not result.verified:
+            raise SigningKeyError(
+                "the root given is not signed by the threshold of the current root's keys "
+                "and of its own: sign it in the key ceremony (`edge-provision rotate-root`)"
+            )
+        write_atomic(self.metadata_dir / metadata_filename("root", md.signed.version), data)
+        self._remember("root", md, data)
+        return md.signed.version
+
     # --- signing -------------------------------------------------------------------------
 
     def signers(self, role: str, root: Root | None = None) -> list[Signer]:
