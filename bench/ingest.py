@@ -7,7 +7,9 @@ install events from a few hundred devices, encoded as the agent encodes them) th
 1. **Reference**: a plain paho subscriber (MQTT 5, QoS 1, the hub's shared-subscription
    filters and CONNECT properties, acking each message as it arrives) that only counts.
 2. **SQLite**: one `python -m hub.ingest` worker into a SQLite file (target >= 0.8 of the
-   reference's rate).
+   reference's rate), at the hub's synchronous=FULL (a commit is on the disk before the
+   worker acks it). Beside it the same worker at synchronous=NORMAL (durable only at
+   checkpoints; the hub used it before): what the durability costs, in rate and CPU.
 3. **PostgreSQL**: one worker into PostgreSQL (target >= 0.8 of the reference's rate).
 4. **PostgreSQL, two workers**: two worker processes on the shared subscription (target
    >= 1.5 times one worker's rate). Beside it the run prints the most a second worker can
@@ -233,14 +235,16 @@ class Child:
 
 
 @contextmanager
-def children(commands: Sequence[tuple[str, list[str]]], workdir: Path) -> Iterator[list[Child]]:
+def children(
+    commands: Sequence[tuple[str, list[str]]], workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[list[Child]]:
     started: list[Child] = []
     try:
         for name, command in commands:
             log_path = workdir / f"{name}.log"
             with log_path.open("w") as log:
                 process = subprocess.Popen(
-                    command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+                    command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env
                 )
             started.append(Child(name, process, log_path))
         yield started
@@ -398,6 +402,23 @@ def table_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
+def synchronous_env(workdir: Path, level: str) -> dict[str, str] | None:
+    """An environment whose Python processes open the hub's SQLite at `level`: a
+    sitecustomize sets it at start-up, so the worker's spawned writer process has it too.
+    None for the hub's own level."""
+    from hub import db
+
+    if level == db.SQLITE_SYNCHRONOUS:
+        return None
+    site = workdir / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"import hub.db\nhub.db.SQLITE_SYNCHRONOUS = {level!r}\n"
+    )
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def hub_phase(
     name: str,
     workload: Workload,
@@ -405,6 +426,7 @@ def hub_phase(
     url: str,
     workers: int,
     db_pids: Callable[[], list[int]] | None = None,
+    synchronous: str = "FULL",
 ) -> Phase:
     from sqlalchemy import text
 
@@ -445,7 +467,8 @@ def hub_phase(
             " + (SELECT count(*) FROM telemetry_reports)"
         )
         try:
-            with children(commands, workdir) as workers_, engine.connect() as connection:
+            env = synchronous_env(workdir, synchronous)
+            with children(commands, workdir, env) as workers_, engine.connect() as connection:
                 for child in workers_:
                     child.expect("ingest: ready")
                 pids = [child.process.pid for child in workers_]
@@ -590,6 +613,17 @@ def main(argv: list[str] | None = None) -> int:
                         lambda w: hub_phase("sqlite", load, w, db.sqlite_url(w / "hub.sqlite3"), 1),
                     ),
                     (
+                        "sqlite_normal",
+                        lambda w: hub_phase(
+                            "sqlite_normal",
+                            load,
+                            w,
+                            db.sqlite_url(w / "hub.sqlite3"),
+                            1,
+                            synchronous="NORMAL",
+                        ),
+                    ),
+                    (
                         "postgres",
                         lambda w: hub_phase(
                             "postgres", load, w, postgres.new_database(), 1, backends
@@ -641,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
             "reference_msg_per_s": figure(rate["reference"]),
             "sqlite_msg_per_s": figure(rate["sqlite"]),
             "sqlite_vs_reference": figure(sqlite_ratio, ">= 0.8", sqlite_ratio >= 0.8),
+            # The durability's cost: the same worker at synchronous=NORMAL, same run.
+            "sqlite_normal_msg_per_s": figure(rate["sqlite_normal"]),
+            "sqlite_full_vs_normal": figure(rate["sqlite"] / rate["sqlite_normal"]),
+            "sqlite_full_vs_normal_cpu": figure(cpu["sqlite"] / cpu["sqlite_normal"]),
             "postgres_msg_per_s": figure(rate["postgres"]),
             "postgres_vs_reference": figure(pg_ratio, ">= 0.8", pg_ratio >= 0.8),
             "postgres_2_workers_msg_per_s": figure(rate["postgres_2_workers"]),
