@@ -5,6 +5,8 @@ No `from __future__ import annotations` here: typer reads the options from the
 callback's annotations, and the --version option is built per program at run time.
 """
 
+import errno
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Generic, NoReturn, TypeVar
@@ -66,28 +68,94 @@ class Program(Generic[Config]):
         raise typer.Exit(code)
 
 
+class ListenError(Exception):
+    """The address or port cannot be listened on; the message says what to do instead."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen now: a taken port is said before any slow work, and the real port
+    of `--port 0` is known (the kernel picks it here)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ListenError(
+            f"cannot listen on {host!r}: {exc.strerror}; use an address of this machine"
+        ) from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(_listen_failure(host, port, exc)) from exc
+    return sock
+
+
+def _listen_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use by another program: stop it "
+            f"(`ss -ltnp 'sport = :{port}'` names it) or choose another port with --port "
+            "(0 picks a free one)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"no permission to listen on port {port}: ports below 1024 need root; use --port 8080"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{host} is not an address of this machine; use 127.0.0.1 or one of its own addresses"
+        )
+    return f"cannot listen on {host}:{port}: {exc.strerror}"
+
+
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
+    """The URL a client on this machine uses for a listening socket (its real port)."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
 def serve_http(
-    application: Any, host: str, port: int, *, tls: tuple[Path, Path] | None = None
+    application: Any,
+    host: str,
+    port: int,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    sock: socket.socket | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Run uvicorn in the foreground until SIGINT or SIGTERM, then return normally.
 
     uvicorn re-raises the signal it caught once it has shut down; with the default SIGTERM
     action that kills the process before the caller's `finally` blocks run (the broker
     child, the outbox, the telemetry window). A SIGTERM handler that exits instead lets
-    them run. `tls`: (certificate, key) files to serve HTTPS.
+    them run. `tls`: (certificate, key) files to serve HTTPS. `sock`: a socket from
+    `listen()` (else one is bound here, raising ListenError); `on_listening` runs once the
+    server accepts requests, so what it prints is true.
     """
     import signal
     import sys
 
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                on_listening()
+
     def _exit(_signum: int, _frame: object) -> None:
         sys.exit(0)
 
+    bound = sock if sock is not None else listen(host, port)
     previous = signal.signal(signal.SIGTERM, _exit)
     try:
         certfile, keyfile = tls if tls is not None else (None, None)
-        uvicorn.run(
+        config = uvicorn.Config(
             application,
             host=host,
             port=port,
@@ -95,6 +163,10 @@ def serve_http(
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )
+        server = Server(config)
+        server.run(sockets=[bound])
+        if not server.started:
+            raise SystemExit(3)  # as uvicorn.run: the application failed to start
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
@@ -102,3 +174,4 @@ def serve_http(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        bound.close()
