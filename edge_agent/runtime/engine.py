@@ -67,6 +67,11 @@ class LoadedModel:
     def context_length(self) -> int:
         return self.folder.context_length
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """The KV cache's size per token: float32 on CPU, float16 on the GPU providers."""
+        return self.folder.kv_values_per_token * (4 if self.provider == "cpu" else 2)
+
     @classmethod
     def load(cls, name: str, path: Path, settings: RuntimeSettings) -> LoadedModel:
         folder = inspect_model_folder(path)

@@ -26,6 +26,9 @@ class ModelFolder:
     eos_token_ids: tuple[int, ...]
     has_chat_template: bool
     weight_bytes: int
+    # Key and value numbers the KV cache holds per token (2 x layers x kv heads x head
+    # size); 0 when the config does not say. Sizes the prompt cache's memory budget.
+    kv_values_per_token: int = 0
 
 
 def _require(
@@ -92,7 +95,16 @@ def inspect_model_folder(path: Path) -> ModelFolder:
         eos_token_ids=eos_ids,
         has_chat_template=_has_chat_template(path),
         weight_bytes=weight_bytes,
+        kv_values_per_token=_kv_values_per_token(decoder),
     )
+
+
+def _kv_values_per_token(decoder: dict[str, Any]) -> int:
+    shape = [decoder.get(k) for k in ("num_hidden_layers", "num_key_value_heads", "head_size")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        return 0
+    layers, heads, size = (int(v) for v in shape)  # type: ignore[arg-type]
+    return 2 * layers * heads * size
 
 
 def _inside(root: Path, name: str, config_path: Path) -> Path:

@@ -58,3 +58,15 @@ class SamplingParams:
         if self.greedy:
             return ("greedy", self.ignore_eos)
         return ("sample", self.ignore_eos, self.temperature, self.top_p, self.top_k)
+
+    def reuse_key(self) -> BatchKey | None:
+        """Requests with equal keys may continue one kept generator (the prompt cache);
+        None: always start afresh.
+
+        A generator's search options are fixed when it is built. A seeded sample must
+        start its random stream afresh to repeat itself, and a grammar keeps its own state;
+        greedy decoding ignores the seed.
+        """
+        if self.json_schema is not None or (self.seed is not None and not self.greedy):
+            return None
+        return self.batch_key() if self.seed is None else ("greedy", self.ignore_eos)

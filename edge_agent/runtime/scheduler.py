@@ -5,6 +5,11 @@ one and never oversubscribe the cores. Requests that arrive together and sample 
 are decoded as one batch: a batch of four reads the weights once for four tokens, which
 on a memory-bound CPU is nearly twice the throughput of taking turns. Every batch is
 stepped in turn, so a newcomer starts without waiting for a long answer to finish.
+
+The prompt cache (prompt_cache.py) keeps generators that decoded alone. A request that
+shares a long enough prefix with one runs alone on it, skipping that prefix's prefill;
+requests with no such prefix are batched as before. A batch's generator is not kept:
+its rows are padded and onnxruntime-genai cannot split them into single sequences.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+import numpy as np
+
 from edge_agent.runtime.engine import LoadedModel
 from edge_agent.runtime.errors import ContextLengthExceeded, NotReady, Overloaded
-from edge_agent.runtime.sampling import SamplingParams
+from edge_agent.runtime.prompt_cache import CachedGenerator, PromptCache
+from edge_agent.runtime.sampling import BatchKey, SamplingParams
 from edge_agent.runtime.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,10 @@ log = logging.getLogger(__name__)
 # step ends, a whole token's time later. After a sequence's first text the decode thread
 # waits, this long at most, for the consumer to take it; later tokens need no such care.
 FIRST_TEXT_HANDOFF_SECONDS = 0.02
+
+# A generator that may be kept is built this many tokens longer than its request needs,
+# so the conversation's next turn (history, new message, answer) still fits in it.
+CACHE_HEADROOM_TOKENS = 1024
 
 
 class FinishReason(StrEnum):
@@ -50,6 +62,8 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose prefill the prompt cache saved
+    cache_lookup: bool = False  # whether the prompt cache was asked (hit or miss)
 
 
 Event = TextDelta | Finished
@@ -72,6 +86,7 @@ class SchedulerLimits:
     default_max_tokens: int = 512
     retry_after_seconds: int = 1
     gather_window_seconds: float = 0.02
+    prompt_cache_bytes: int = 512 * 2**20  # 0 turns the prompt cache off
 
 
 @dataclass(eq=False)
@@ -81,6 +96,8 @@ class Submission:
     max_tokens: int
     sink: Sink
     submitted_at: float = field(default_factory=time.perf_counter)
+    cached_tokens: int = 0
+    cache_lookup: bool = False
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -100,14 +117,18 @@ class _Sequence:
         self.completion_tokens = 0
         self.sent_text = False
         self.done = False
+        self.reason: FinishReason | None = None
 
 
 class _Group:
     """One onnxruntime-genai generator and the sequences it decodes together."""
 
-    def __init__(self, generator: Any, seqs: list[_Sequence]) -> None:
+    def __init__(
+        self, generator: Any, seqs: list[_Sequence], keep: tuple[BatchKey, int] | None = None
+    ) -> None:
         self.generator = generator
         self.seqs = seqs
+        self.keep = keep  # (search options, max_length) when the prompt cache may keep it
 
     @property
     def live(self) -> list[_Sequence]:
@@ -130,6 +151,7 @@ class Scheduler:
         self._pending: deque[Submission] = deque()
         self._groups: list[_Group] = []
         self._active = 0
+        self.prompt_cache = PromptCache(limits.prompt_cache_bytes, model.kv_bytes_per_token)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="edge-decode", daemon=True)
@@ -178,6 +200,7 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout_seconds)
+        self.prompt_cache.clear()  # a retired version's kept generators go with it
 
     def drain(self, timeout_seconds: float = 300.0) -> None:
         """Let every admitted and queued request finish, then stop."""
@@ -198,7 +221,8 @@ class Scheduler:
                     break
                 self._gather_locked()
                 admitted = self._admit_locked()
-            for batch in _batches(admitted, self.limits.max_batch_size, self.model.context_length):
+            fresh = [sub for sub in admitted if not self._start_from_cache(sub)]
+            for batch in _batches(fresh, self.limits.max_batch_size, self.model.context_length):
                 self._start_group(batch)
             for group in list(self._groups):
                 self._step(group)
@@ -235,10 +259,36 @@ class Scheduler:
             self._active += 1
         return admitted
 
+    def _start_from_cache(self, sub: Submission) -> bool:
+        """Start `sub` on a kept generator sharing its prefix; False: start it afresh."""
+        key = sub.params.reuse_key()
+        if key is None or not self.prompt_cache.enabled:
+            return False
+        sub.cache_lookup = True
+        hit = self.prompt_cache.take(sub.prompt_ids, key, len(sub.prompt_ids) + sub.max_tokens)
+        if hit is None:
+            return False
+        generator = hit.entry.generator
+        try:
+            generator.rewind_to(hit.reused)
+            generator.append_tokens(np.asarray(sub.prompt_ids[hit.reused :], dtype=np.int32))
+        except Exception:  # the kept generator is dropped; the request starts afresh
+            log.exception("could not continue a cached prompt; computing it afresh")
+            return False
+        sub.cached_tokens = hit.reused
+        seq = _Sequence(sub, self.model.decoder_stream())
+        self._groups.append(_Group(generator, [seq], (key, hit.entry.max_length)))
+        return True
+
     def _start_group(self, subs: list[Submission]) -> None:
         seqs = [_Sequence(sub, self.model.decoder_stream()) for sub in subs]
         width = max(len(s.prompt_ids) for s in subs)
         max_length = width + max(s.max_tokens for s in subs)
+        key = subs[0].params.reuse_key()
+        keep = None
+        if len(subs) == 1 and key is not None and self.prompt_cache.enabled:
+            max_length = min(self.model.context_length, max_length + CACHE_HEADROOM_TOKENS)
+            keep = (key, max_length)
         try:
             generator = self.model.new_generator(
                 [s.prompt_ids for s in subs], subs[0].params, max_length
@@ -247,14 +297,30 @@ class Scheduler:
             log.exception("could not start generation for %d request(s)", len(subs))
             self._finish_all(_Group(None, seqs), FinishReason.ERROR, str(exc))
             return
-        self._groups.append(_Group(generator, seqs))
+        self._groups.append(_Group(generator, seqs, keep))
+
+    def _end_group(self, group: _Group) -> None:
+        """Drop a group whose sequences are all done, keeping its generator if it may be."""
+        self._groups.remove(group)
+        if group.keep is None or group.seqs[0].reason not in (
+            FinishReason.STOP,
+            FinishReason.LENGTH,
+        ):
+            return
+        key, max_length = group.keep
+        # The last token was sampled but not yet fed through the model: no KV cache for it.
+        tokens = np.asarray(group.generator.get_sequence(0), dtype=np.int32)[:-1]
+        entry = CachedGenerator(
+            group.generator, key, max_length, tokens, self.prompt_cache.entry_bytes(max_length)
+        )
+        self.prompt_cache.put(entry)
 
     def _step(self, group: _Group) -> None:
         for seq in group.live:
             if seq.sub.cancelled:
                 self._finish(seq, FinishReason.CANCELLED)
         if not group.live:
-            self._groups.remove(group)
+            self._end_group(group)
             return
         try:
             group.generator.generate_next_token()
@@ -262,7 +328,7 @@ class Scheduler:
         except Exception as exc:
             log.exception("generation failed")
             self._finish_all(group, FinishReason.ERROR, str(exc))
-            self._groups.remove(group)
+            self._end_group(group)
             return
         for seq, token in zip(group.seqs, tokens, strict=True):
             if not seq.done:
@@ -270,7 +336,7 @@ class Scheduler:
         if group.live and group.generator.is_done():
             self._finish_all(group, FinishReason.LENGTH)
         if not group.live:
-            self._groups.remove(group)
+            self._end_group(group)
 
     def _advance(self, seq: _Sequence, token: int) -> None:
         seq.completion_tokens += 1
@@ -294,9 +360,18 @@ class Scheduler:
             if tail:
                 self._deliver(seq.sub, TextDelta(tail))
         seq.done = True
+        seq.reason = reason
         with self._cond:
             self._active -= 1
-        event = Finished(reason, len(seq.sub.prompt_ids), seq.completion_tokens, error)
+        sub = seq.sub
+        event = Finished(
+            reason,
+            len(sub.prompt_ids),
+            seq.completion_tokens,
+            error,
+            cached_tokens=sub.cached_tokens,
+            cache_lookup=sub.cache_lookup,
+        )
         self._deliver(seq.sub, event)
 
     def _finish_all(self, group: _Group, reason: FinishReason, error: str | None = None) -> None:

@@ -1,0 +1,127 @@
+"""Prompt cache: finished generators kept so a later prompt that starts the same way skips
+re-reading the shared prefix.
+
+onnxruntime-genai 0.18 can rewind a generator (`Generator.rewind_to`) to any earlier length
+and append other tokens; on CPU the logits then equal a fresh prefill's (checked by the
+property test). `snapshot_state` returns nothing usable from Python, and a generator
+cannot be copied, so an entry is one whole kept generator: a hit takes it out of the cache,
+rewinds it to the common prefix, appends the rest of the new prompt, and the request runs
+on it alone; when the request ends the generator comes back with its new tokens. Entries
+are per loaded model (each scheduler owns one cache), so nothing crosses models, versions
+or the settings a generator was built with.
+
+Memory: the builder's models share one KV buffer sized for the generator's `max_length`
+(`past_present_share_buffer`), which decodes faster at long contexts than a growing buffer
+(measured 83 vs 56 tok/s after 1,000 tokens on the small shape), so an entry costs
+`max_length x bytes per token` whatever it holds. The budget counts exactly that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.runtime.sampling import BatchKey
+
+# A shorter common prefix (a chat template's opening tokens) is not worth giving up a
+# place in a batch for: the request is decoded batched, from scratch, instead.
+MIN_REUSED_TOKENS = 16
+
+Tokens = npt.NDArray[np.int32]
+
+
+@dataclass(eq=False)
+class CachedGenerator:
+    """A generator whose KV cache holds `tokens`, built with search options `key`."""
+
+    generator: Any
+    key: BatchKey
+    max_length: int
+    tokens: Tokens
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: CachedGenerator
+    reused: int  # leading prompt tokens whose KV cache is already computed
+
+
+class PromptCache:
+    """LRU within `budget_bytes`. The decode thread takes and puts; any thread may read."""
+
+    def __init__(self, budget_bytes: int, bytes_per_token: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.bytes_per_token = bytes_per_token
+        self._entries: OrderedDict[int, CachedGenerator] = OrderedDict()
+        self._lock = threading.Lock()
+        self._bytes = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget_bytes > 0 and self.bytes_per_token > 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def newest(self) -> CachedGenerator | None:
+        with self._lock:
+            return next(reversed(self._entries.values()), None)
+
+    def entry_bytes(self, max_length: int) -> int:
+        return max_length * self.bytes_per_token
+
+    def take(self, prompt: list[int], key: BatchKey, needed_length: int) -> Hit | None:
+        """The entry sharing the longest prefix with `prompt`, removed from the cache.
+
+        Only entries built with the same search options and long enough for the whole
+        request qualify; at least one prompt token is always left to compute, since the
+        next token's logits come from it.
+        """
+        if not self.enabled or len(prompt) < 2:
+            return None
+        wanted = np.asarray(prompt, dtype=np.int32)
+        with self._lock:
+            best: tuple[int, int] | None = None
+            for ident, entry in self._entries.items():
+                if entry.key != key or entry.max_length < needed_length:
+                    continue
+                reused = min(_common_prefix(entry.tokens, wanted), len(prompt) - 1)
+                if reused >= MIN_REUSED_TOKENS and (best is None or reused > best[1]):
+                    best = (ident, reused)
+            if best is None:
+                return None
+            entry = self._entries.pop(best[0])
+            self._bytes -= entry.nbytes
+        return Hit(entry, best[1])
+
+    def put(self, entry: CachedGenerator) -> None:
+        """Keep `entry` as the most recent; evict the least recent beyond the budget."""
+        if not self.enabled or entry.nbytes > self.budget_bytes:
+            return
+        with self._lock:
+            self._entries[id(entry)] = entry
+            self._bytes += entry.nbytes
+            while self._bytes > self.budget_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+def _common_prefix(a: Tokens, b: Tokens) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n

@@ -1,0 +1,235 @@
+"""The prompt cache on the real tiny model: same output as without it, reuse where a
+prefix repeats, no entry crossing models, settings or versions, a bounded budget."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.runtime import (
+    ChatMessage,
+    Finished,
+    RuntimeSettings,
+    SamplingParams,
+    SchedulerLimits,
+    TextDelta,
+)
+from edge_agent.runtime.prompt_cache import MIN_REUSED_TOKENS
+from edge_agent.runtime.service import ModelService
+from edge_agent.runtime.sinks import QueueSink
+from edge_agent.runtime.swap import ActiveWatcher
+from tests.conftest import make_service
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
+SYSTEM = "You answer questions about the Python standard library, briefly and exactly. " * 3
+DOCUMENT = "def parse(text):\n    return [line.split(',') for line in text.splitlines()]\n" * 6
+
+
+@pytest.fixture(scope="module")
+def cached(tiny_model_dir: Path) -> Iterator[ModelService]:
+    service = make_service(tiny_model_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny_model_dir: Path) -> Iterator[ModelService]:
+    service = make_service(tiny_model_dir, prompt_cache_bytes=0)
+    yield service
+    service.stop()
+
+
+def run(
+    service: ModelService, prompt_ids: list[int], params: SamplingParams
+) -> tuple[str, Finished]:
+    sink = QueueSink()
+    service.submit(prompt_ids, params, sink)
+    text = []
+    for event in sink:
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        else:
+            return "".join(text), event
+    raise AssertionError("no finish event")
+
+
+def chat_ids(service: ModelService, messages: list[ChatMessage]) -> list[int]:
+    model, _ = service.require()
+    return model.encode(model.chat_prompt(messages))
+
+
+words = st.sampled_from(["alpha", "beta", "gamma", "import os", "print(x)", "42", "é", "\n"])
+turn = st.tuples(st.lists(words, min_size=1, max_size=12).map(" ".join), st.integers(1, 12))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(system=st.booleans(), turns=st.lists(turn, min_size=1, max_size=6))
+def test_answers_with_the_cache_equal_answers_without_it(
+    cached: ModelService, uncached: ModelService, system: bool, turns: list[tuple[str, int]]
+) -> None:
+    history = [ChatMessage("system", SYSTEM)] if system else []
+    for index, (user, max_tokens) in enumerate(turns):
+        history.append(ChatMessage("user", user))
+        ids = chat_ids(cached, history)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        want, want_done = run(uncached, ids, params)
+        got, got_done = run(cached, ids, params)
+        assert (got, got_done.completion_tokens) == (want, want_done.completion_tokens)
+        assert got_done.reason == want_done.reason
+        assert want_done.cached_tokens == 0
+        if system and index > 0:  # the previous turn left a long shared prefix
+            assert got_done.cached_tokens >= MIN_REUSED_TOKENS
+        # The tiny model's answer hangs mostly on the last token, so the kept generator's
+        # tokens are checked too: the prompt exactly, then the answer (all but its last).
+        kept = cached.require()[1].prompt_cache.newest()
+        assert kept is not None
+        assert kept.tokens.tolist()[: len(ids)] == ids
+        assert len(kept.tokens) == len(ids) + got_done.completion_tokens - 1
+        history.append(ChatMessage("assistant", got))
+
+
+def test_a_growing_chat_reuses_its_history(cached: ModelService) -> None:
+    history = [ChatMessage("system", SYSTEM), ChatMessage("user", "first question")]
+    run(cached, chat_ids(cached, history), GREEDY)
+    history += [ChatMessage("assistant", "an answer"), ChatMessage("user", "second question")]
+    ids = chat_ids(cached, history)
+    _, second = run(cached, ids, GREEDY)
+    system_ids = chat_ids(cached, history[:1])
+    assert second.cache_lookup
+    assert second.cached_tokens >= len(system_ids) - 3  # all but the generation prompt
+    assert second.cached_tokens < len(ids)
+
+
+def test_the_same_document_asked_several_questions(cached: ModelService) -> None:
+    model, _ = cached.require()
+    doc = model.encode(DOCUMENT)
+    for question in ("What does parse return?", "Which separator?", "Is it lazy?"):
+        ids = doc + model.encode(question)
+        _, done = run(cached, ids, GREEDY)
+    assert done.cached_tokens >= len(doc) - 1  # the document's last token may merge
+
+
+def test_a_repeated_system_prompt_is_read_once(cached: ModelService) -> None:
+    system = [ChatMessage("system", SYSTEM + " Unique: 7781.")]
+    run(cached, chat_ids(cached, [*system, ChatMessage("user", "one user")]), GREEDY)
+    ids = chat_ids(cached, [*system, ChatMessage("user", "another user")])
+    _, done = run(cached, ids, GREEDY)
+    assert done.cached_tokens >= len(chat_ids(cached, system)) - 3
+
+
+def test_different_search_options_never_share_a_generator(cached: ModelService) -> None:
+    model, _ = cached.require()
+    ids = model.encode(DOCUMENT + " options")
+    run(cached, ids, GREEDY)
+    sampled = SamplingParams(temperature=0.7, max_tokens=4)
+    _, done = run(cached, ids, sampled)
+    assert done.cache_lookup and done.cached_tokens == 0
+    seeded = SamplingParams(temperature=0.7, max_tokens=4, seed=3)
+    _, done = run(cached, ids, seeded)
+    assert not done.cache_lookup and done.cached_tokens == 0
+    _, done = run(cached, ids, GREEDY)  # the greedy entry is still there
+    assert done.cached_tokens == len(ids) - 1
+
+
+def test_a_seeded_sample_repeats_itself_with_the_cache(cached: ModelService) -> None:
+    model, _ = cached.require()
+    ids = model.encode(DOCUMENT + " seeded")
+    seeded = SamplingParams(temperature=0.9, max_tokens=12, seed=11)
+    first, _ = run(cached, ids, seeded)
+    second, _ = run(cached, ids, seeded)
+    assert first == second
+
+
+def test_entries_never_cross_models(tiny_model_dir: Path) -> None:
+    one, other = make_service(tiny_model_dir), make_service(tiny_model_dir)
+    try:
+        model, _ = one.require()
+        ids = model.encode(DOCUMENT + " models")
+        run(one, ids, GREEDY)
+        _, again = run(one, ids, GREEDY)
+        assert again.cached_tokens == len(ids) - 1
+        _, elsewhere = run(other, ids, GREEDY)
+        assert elsewhere.cache_lookup and elsewhere.cached_tokens == 0
+    finally:
+        one.stop()
+        other.stop()
+
+
+def test_the_budget_evicts_the_least_recent(tiny_model_dir: Path) -> None:
+    probe = make_service(tiny_model_dir)
+    model, scheduler = probe.require()
+    probe.stop()
+    one_entry = scheduler.prompt_cache.entry_bytes(model.context_length)
+    service = make_service(tiny_model_dir, prompt_cache_bytes=one_entry)
+    try:
+        first = model.encode(DOCUMENT + " first")
+        second = model.encode("An unrelated prompt that shares nothing with the document.")
+        run(service, first, GREEDY)
+        run(service, second, GREEDY)
+        _, scheduler = service.require()
+        assert len(scheduler.prompt_cache) == 1
+        assert scheduler.prompt_cache.nbytes <= one_entry
+        _, done = run(service, first, GREEDY)
+        assert done.cache_lookup and done.cached_tokens == 0  # evicted by the second
+    finally:
+        service.stop()
+
+
+def test_concurrent_requests_with_a_hit_each_run_alone(
+    tiny_model_dir: Path, uncached: ModelService
+) -> None:
+    service = make_service(tiny_model_dir, max_batch_size=4)
+    try:
+        model, _ = service.require()
+        prompts = [model.encode(DOCUMENT + f" question {n}") for n in range(3)]
+        run(service, prompts[0], GREEDY)
+        alone = [run(uncached, ids, GREEDY)[0] for ids in prompts]
+        results: list[tuple[str, Finished]] = []
+        threads = [
+            threading.Thread(target=lambda i=ids: results.append(run(service, i, GREEDY)))
+            for ids in prompts
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(text for text, _ in results) == sorted(alone)
+        assert max(done.cached_tokens for _, done in results) >= len(prompts[0]) - 8
+    finally:
+        service.stop()
+
+
+def test_a_version_switch_empties_the_old_versions_cache(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    for version in ("v1", "v2"):
+        shutil.copytree(tiny_model_dir, tmp_path / version)
+    active = tmp_path / "active"
+    active.symlink_to(tmp_path / "v1")
+    services: dict[str, ModelService] = {}
+
+    def build() -> ModelService:
+        return ModelService("tiny", active, RuntimeSettings(), SchedulerLimits())
+
+    services["tiny"] = build()
+    services["tiny"].load()
+    old = services["tiny"]
+    model, old_scheduler = old.require()
+    ids = model.encode(DOCUMENT + " versions")
+    run(old, ids, GREEDY)
+    assert len(old_scheduler.prompt_cache) == 1
+    watcher = ActiveWatcher(services, "tiny", build, 3600)
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    (tmp_path / "next").replace(active)
+    assert watcher.poll()
+    watcher.stop(30)
+    assert len(old_scheduler.prompt_cache) == 0 and old_scheduler.prompt_cache.nbytes == 0
+    _, done = run(services["tiny"], ids, GREEDY)
+    assert done.cache_lookup and done.cached_tokens == 0
+    services["tiny"].stop()
