@@ -44,6 +44,9 @@ def create_app(
         lambda: sum(s.scheduler.queue_depth for s in by_name.values() if s.scheduler),
         lambda: sum(s.scheduler.active_sequences for s in by_name.values() if s.scheduler),
     )
+    metrics.watch_prompt_cache(
+        lambda: sum(s.scheduler.prompt_cache.nbytes for s in by_name.values() if s.scheduler)
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -84,16 +84,21 @@ class Generation:
         self.metrics.request_seconds.labels(self.endpoint).observe(now - self.started)
         self.metrics.tokens.labels("prompt").inc(done.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(done.completion_tokens)
+        if done.cache_lookup:
+            result = "hit" if done.cached_tokens else "miss"
+            self.metrics.prompt_cache_lookups.labels(result).inc()
+            self.metrics.prompt_cache_reused_tokens.inc(done.cached_tokens)
         if self.first_token_at is not None and done.completion_tokens > 1:
             per_token = (now - self.first_token_at) / (done.completion_tokens - 1)
             self.metrics.token_seconds.observe(per_token)
         self.recorder.finished(self.service, done, self.started, self.first_token_at, now)
 
-    def usage(self, done: Finished) -> dict[str, int]:
+    def usage(self, done: Finished) -> dict[str, Any]:
         return {
             "prompt_tokens": done.prompt_tokens,
             "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
         }
 
     # --- streaming -----------------------------------------------------------------------

@@ -61,6 +61,26 @@ class Metrics:
             "edge_agent_active_sequences", "Sequences being generated", registry=self.registry
         )
 
+        self.prompt_cache_lookups = Counter(
+            "edge_agent_prompt_cache_lookups",
+            "Requests that asked the prompt cache, by result (hit or miss)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.prompt_cache_reused_tokens = Counter(
+            "edge_agent_prompt_cache_reused_tokens",
+            "Prompt tokens whose prefill the prompt cache saved",
+            registry=self.registry,
+        )
+        self.prompt_cache_bytes = Gauge(
+            "edge_agent_prompt_cache_bytes",
+            "Memory held by kept prompt prefixes, all models",
+            registry=self.registry,
+        )
+
+    def watch_prompt_cache(self, nbytes: Callable[[], float]) -> None:
+        self.prompt_cache_bytes.set_function(nbytes)
+
     def watch(self, queue_depth: Callable[[], float], active: Callable[[], float]) -> None:
         self.queue_depth.set_function(queue_depth)
         self.active.set_function(active)
