@@ -15,6 +15,7 @@ import pytest
 from tests.powercut.forgetful_fs import READY
 
 MOUNT_TIMEOUT_S = 10.0
+_workers: list[subprocess.Popen[str]] = []  # killed when the test ends, whatever happened
 
 
 def fuse_missing() -> str | None:
@@ -90,7 +91,7 @@ class ForgetfulDisk:
 
 def start_worker(folder: Path, scenario: str, *args: str, **env: str) -> subprocess.Popen[str]:
     """A process of tests/powercut/workers.py writing in `folder`."""
-    return subprocess.Popen(
+    worker = subprocess.Popen(
         [sys.executable, "-m", "tests.powercut.workers", scenario, str(folder), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # after the cut it fails with EIO, by design
@@ -98,6 +99,8 @@ def start_worker(folder: Path, scenario: str, *args: str, **env: str) -> subproc
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, **env},
     )
+    _workers.append(worker)
+    return worker
 
 
 @pytest.fixture
@@ -114,5 +117,11 @@ def forgetful_disk(tmp_path: Path) -> Iterator[Callable[..., ForgetfulDisk]]:
         return disk
 
     yield mount
+    while _workers:
+        worker = _workers.pop()
+        worker.kill()
+        worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
     for disk in disks:
         disk.close()
