@@ -100,6 +100,7 @@ from edge_agent.protocol.topics import (
     parse_group_topic,
     shared,
 )
+from edge_agent.protocol.window import MaintenanceWindow, WindowError, check_opens
 
 __all__ = [
     "CHUNKS_DIR",
@@ -143,6 +144,7 @@ __all__ = [
     "HardwareClass",
     "Heartbeat",
     "InstallEvent",
+    "MaintenanceWindow",
     "MalformedDesired",
     "MalformedMessage",
     "MemoryBucket",
@@ -163,10 +165,12 @@ __all__ = [
     "UpdateOutcome",
     "UpdatePhase",
     "UpdateResult",
+    "WindowError",
     "WrongDevice",
     "WrongTopic",
     "broker_acl",
     "check_name",
+    "check_opens",
     "chunk_path",
     "decode",
     "device_acl_patterns",

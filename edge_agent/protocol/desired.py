@@ -42,6 +42,7 @@ from edge_agent.protocol.messages import (
     UtcDateTime,
     Wire,
 )
+from edge_agent.protocol.window import MaintenanceWindow
 
 DESIRED_SCHEMA_VERSION = 1
 
@@ -58,6 +59,9 @@ class DesiredState(Wire):
     issued_at: UtcDateTime
     expires: UtcDateTime
     models: dict[ModelName, DesiredRelease] = Field(default_factory=dict)
+    # When the device may activate what it downloaded; None: at once. Signed with the rest,
+    # so a device away from the hub still obeys it. Optional: older states stay valid.
+    window: MaintenanceWindow | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -92,7 +96,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def sign_desired(state: DesiredState, private_key: Ed25519PrivateKey) -> SignedDesired:
-    signed = state.model_dump(mode="json")
+    # Without a window the signed part is what it was before windows existed.
+    signed = state.model_dump(mode="json", exclude={"window"} if state.window is None else None)
     return SignedDesired(
         signed=signed,
         key_id=key_id(private_key.public_key()),

@@ -141,6 +141,8 @@ class ModelReport(Wire):
     last_result: UpdateResult | None = None
     last_error: ErrorText | None = None
     floor: ReleaseVersion | None = None  # nothing older installs (the persisted version floor)
+    # `pending` is downloaded and waits for the maintenance window, which opens then.
+    activates_at: UtcDateTime | None = None
 
 
 class ReportedState(Wire):

@@ -2,7 +2,10 @@
 
 `assign` checks the device (enrolled, not revoked) and the release (listed by the TUF
 repository, so the device will find and verify it), then stores a newly signed state with
-the next sequence, unpublished. The running hub publishes unpublished states as retained
+the next sequence, unpublished. The state carries a maintenance window (the one given, else
+the device's group's): the device activates only while it is open, even when it cannot
+reach the hub. A window that never opens is refused (WindowError), since nothing under it
+could ever activate. The running hub publishes unpublished states as retained
 messages on each device's desired topic (`publish_pending`) and re-signs states before
 they expire (`renew_expiring`), so a device away for longer still gets a valid one.
 
@@ -21,10 +24,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, false, update
 from sqlmodel import Session, col, select
 
-from edge_agent.protocol import DesiredRelease, DesiredState, manifest_target
+from edge_agent.protocol import (
+    DesiredRelease,
+    DesiredState,
+    MaintenanceWindow,
+    check_opens,
+    manifest_target,
+)
 from edge_agent.protocol.desired import sign_desired
 from hub.db import session
-from hub.fleet.models import DesiredRecord, Device
+from hub.fleet.models import DesiredRecord, Device, Group
 from hub.fleet.registry import RegistryError
 
 log = logging.getLogger(__name__)
@@ -65,8 +74,10 @@ def _signed_record(
     key: Ed25519PrivateKey,
     ttl: timedelta,
     now: datetime,
+    window: MaintenanceWindow | None = None,
 ) -> DesiredRecord:
     state = DesiredState(
+        window=window,
         device_id=device_id,
         sequence=sequence,
         issued_at=now,
@@ -82,6 +93,7 @@ def _signed_record(
         models=dict(models),
         issued_at=state.issued_at,
         expires=state.expires,
+        window=window.model_dump(mode="json") if window is not None else None,
         signed=sign_desired(state, key).model_dump_json(),
         published_at=None,
     )
@@ -97,16 +109,21 @@ def assign(
     listed: Callable[[str, str], bool],
     ttl: timedelta = DEFAULT_TTL,
     now: datetime | None = None,
+    window: MaintenanceWindow | None = None,
 ) -> list[DesiredRecord]:
-    """Ask each device to run `model` `version` (other models stay as assigned). One
+    """Ask each device to run `model` `version` (other models stay as assigned), activating
+    inside `window` (None: the window of the device's group, if it has one). One
     transaction: every device gets it, or none does."""
+    at = now or _now()
+    if window is not None:
+        check_opens(window, at)
     if not listed(model, version):
         raise NotListed(
             f"{model} {version} is not a published release: import it with `edge-hub model "
             "import` first (`edge-hub model list` shows what is published)"
         )
-    at = now or _now()
     records = []
+    group_windows: dict[str, MaintenanceWindow | None] = {}
     with session(engine) as db:
         _lock_for_write(db, device_ids)
         for device_id in device_ids:
@@ -118,9 +135,47 @@ def assign(
             current = db.get(DesiredRecord, device_id)
             models = {**(current.models if current else {}), model: version}
             sequence = current.sequence + 1 if current else 1
+            applied = window or _group_window(db, device.group, group_windows, at)
             # merge: the row of this device, replaced or new, by its primary key.
-            records.append(db.merge(_signed_record(device_id, sequence, models, key, ttl, at)))
+            records.append(
+                db.merge(_signed_record(device_id, sequence, models, key, ttl, at, applied))
+            )
     return records
+
+
+def stored_window(value: dict[str, object] | None) -> MaintenanceWindow | None:
+    """A window as stored in a JSON column (a group's, a desired state's)."""
+    return None if value is None else MaintenanceWindow.model_validate(value)
+
+
+def _group_window(
+    db: Session, group: str | None, cache: dict[str, MaintenanceWindow | None], at: datetime
+) -> MaintenanceWindow | None:
+    if group is None:
+        return None
+    if group not in cache:
+        row = db.get(Group, group)
+        window = stored_window(row.window) if row is not None else None
+        if window is not None:
+            check_opens(window, at)  # stored when it opened; a cron may have run out since
+        cache[group] = window
+    return cache[group]
+
+
+def set_group_window(
+    engine: Engine, group: str, window: MaintenanceWindow | None, *, now: datetime | None = None
+) -> Group:
+    """Store `group`'s maintenance window (None: none), used by later assignments of its
+    devices. WindowError when it never opens; RegistryError for an unknown group."""
+    if window is not None:
+        check_opens(window, now or _now())
+    with session(engine) as db:
+        row = db.get(Group, group)
+        if row is None:
+            raise RegistryError(f"no group {group!r}: create it with `edge-hub group create`")
+        row.window = window.model_dump(mode="json") if window is not None else None
+        db.add(row)
+        return row
 
 
 def pending(engine: Engine) -> list[DesiredRecord]:
@@ -163,7 +218,13 @@ def renew_expiring(
                 continue
             db.merge(
                 _signed_record(
-                    current.device_id, current.sequence + 1, current.models, key, ttl, at
+                    current.device_id,
+                    current.sequence + 1,
+                    current.models,
+                    key,
+                    ttl,
+                    at,
+                    stored_window(current.window),
                 )
             )
             renewed.append(current.device_id)

@@ -77,6 +77,9 @@ class Group(FleetTable, table=True):
 
     name: str = Field(sa_column=Column(String(ID_CHARS), primary_key=True))
     created_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    # The group's maintenance window (edge_agent.protocol.MaintenanceWindow as JSON), put
+    # into every desired state assigned to its devices; None: activate at once.
+    window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Device(FleetTable, table=True):
@@ -170,4 +173,6 @@ class DesiredRecord(FleetTable, table=True):
     issued_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     expires: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False, index=True))
     signed: str = Field(sa_column=Column(Text, nullable=False))  # the SignedDesired JSON
+    # The maintenance window it carries (JSON), kept so a renewal signs it again.
+    window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     published_at: datetime | None = _time()
