@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Engine
 
 from hub.fleet.models import METADATA
+from hub.rollouts import models as _rollout_tables  # noqa: F401  (on METADATA)
 from hub.telemetry import models as _telemetry_tables  # noqa: F401  (on METADATA)
 
 engine = context.config.attributes.get("engine")

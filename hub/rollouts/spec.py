@@ -9,6 +9,7 @@ up to it) happen in hub.rollouts.store, in the same transaction that stores the 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -126,8 +127,10 @@ class RolloutSpec(_Strict):
     install: InstallGates = InstallGates()
     health: HealthGates = HealthGates()
     baseline_version: str | None = Field(
-        None, max_length=64, description="the release it replaces (default: the one most "
-        "target devices are assigned now)"
+        None,
+        max_length=64,
+        description="the release it replaces (default: the one most "
+        "target devices are assigned now)",
     )
     soak_seconds: int = Field(600, ge=0, le=30 * 86400)
     device_timeout_seconds: int = Field(86400, ge=1, le=90 * 86400)
@@ -145,7 +148,7 @@ class RolloutSpec(_Strict):
             steps = self.wave_percent
             if any(not 0 < p <= 100 for p in steps):
                 raise ValueError("wave_percent: each wave is above 0 and at most 100")
-            if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            if any(b <= a for a, b in pairwise(steps)):
                 raise ValueError("wave_percent: cumulative percentages must ascend")
             if steps[-1] != 100:
                 raise ValueError("wave_percent: the waves do not add up: the last must be 100")

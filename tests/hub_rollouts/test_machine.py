@@ -57,7 +57,7 @@ def test_every_live_state_can_be_aborted_rolled_back_and_superseded() -> None:
 
 
 def test_an_illegal_event_names_what_is_allowed() -> None:
-    with pytest.raises(IllegalTransition, match="running cannot resume; it allows:.*pause"):
+    with pytest.raises(IllegalTransition, match=r"running cannot resume; it allows:.*pause"):
         next_state(State.RUNNING, Event.RESUME)
     with pytest.raises(IllegalTransition):
         next_state(State.WAITING_APPROVAL, Event.WAVE_NOTIFIED)  # no wave opens unapproved
