@@ -39,6 +39,7 @@ class Node:
     entries: dict[str, Node] = field(default_factory=dict)  # a folder's live entries
     synced_entries: dict[str, Node] = field(default_factory=dict)  # as of its last fsync
     target: str = ""  # a symlink's target: fixed at creation, durable with its entry
+    links: int = 1  # live names of a file (hard links)
     mtime_ns: int = field(default_factory=time.time_ns)
 
     @property
@@ -137,7 +138,7 @@ class ForgetfulFS(Operations):  # type: ignore[misc]
             subdirs = sum(1 for child in node.entries.values() if child.is_dir)
             return {
                 "st_mode": node.mode,
-                "st_nlink": 2 + subdirs if node.is_dir else 1,
+                "st_nlink": 2 + subdirs if node.is_dir else node.links,
                 "st_size": size,
                 "st_uid": os.getuid(),
                 "st_gid": os.getgid(),
@@ -233,6 +234,20 @@ class ForgetfulFS(Operations):  # type: ignore[misc]
         with self._mutex:
             return self._lookup(path).target
 
+    def link(self, target: str, source: str) -> int:
+        """mfusepy's order: the new name first, the existing file second."""
+        with self._mutex:
+            self._check_power()
+            node = self._lookup(source)
+            if node.is_dir:
+                raise FuseOSError(errno.EPERM)
+            parent, name = self._parent(target)
+            if name in parent.entries:
+                raise FuseOSError(errno.EEXIST)
+            parent.entries[name] = node
+            node.links += 1
+        return 0
+
     def unlink(self, path: str) -> int:
         with self._mutex:
             self._check_power()
@@ -241,7 +256,7 @@ class ForgetfulFS(Operations):  # type: ignore[misc]
                 raise FuseOSError(errno.ENOENT)
             if parent.entries[name].is_dir:
                 raise FuseOSError(errno.EISDIR)
-            del parent.entries[name]  # open handles keep the node
+            parent.entries.pop(name).links -= 1  # open handles keep the node
         return 0
 
     def rename(self, old: str, new: str) -> int:
@@ -260,6 +275,8 @@ class ForgetfulFS(Operations):  # type: ignore[misc]
                     raise FuseOSError(errno.ENOTDIR)
                 if replaced.is_dir and replaced.entries:
                     raise FuseOSError(errno.ENOTEMPTY)
+            if replaced is not None and replaced is not node:
+                replaced.links -= 1
             del old_parent.entries[old_name]
             new_parent.entries[new_name] = node
         return 0

@@ -247,7 +247,11 @@ def test_an_upgrade_cut_at_any_point_leaves_the_old_or_the_new_version_whole(
 ) -> None:
     from edge_agent.store import ModelStore
 
-    v1_files = {"model.onnx": [SHARED, b"a" * 2000], "tokenizer/vocab.json": [b'{"a": 1}']}
+    v1_files = {
+        "model.onnx": [SHARED, b"a" * 2000],
+        "tokenizer/vocab.json": [b'{"a": 1}'],
+        "genai_config.json": [b'{"same": "in both"}'],  # v2 shares it (a hard link)
+    }
     v1 = write_release(tmp_path / "v1", "1.0.0", v1_files)
     v2 = write_release(
         tmp_path / "v2",
@@ -256,6 +260,7 @@ def test_an_upgrade_cut_at_any_point_leaves_the_old_or_the_new_version_whole(
             "model.onnx": [SHARED, b"b" * 2500],
             "tokenizer/vocab.json": [b'{"b": 2}'],
             "tokenizer/merges.txt": [b"m" * 100],
+            "genai_config.json": [b'{"same": "in both"}'],
         },
     )
     seed = tmp_path / "seed"
