@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from edge_agent import __version__
 from edge_agent.api.arrivals import ArrivalCounter, Arrivals
 from edge_agent.api.auth import ApiKeyGuard
+from edge_agent.api.counting import ResponseCounter
 from edge_agent.api.errors import ApiError, install_handlers
 from edge_agent.api.generation import ChatShape, Generation, TextShape
 from edge_agent.api.hosts import HostGuard, HostPolicy
@@ -23,6 +25,7 @@ from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
 from edge_agent.runtime import ChatMessage, InvalidRequest
 from edge_agent.runtime.service import ModelService
+from edge_agent.store.store import RELEASE_FILE
 
 
 def create_app(
@@ -77,6 +80,7 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(HostGuard, policy=HostPolicy.of(api), port=api.port)
+    app.add_middleware(ResponseCounter, metrics=metrics)  # outermost: refusals count too
     install_handlers(app, usage.refused)
     app.state.metrics = metrics
     app.state.services = by_name
@@ -162,7 +166,19 @@ def create_app(
 
 
 def _model_card(service: ModelService) -> dict[str, Any]:
-    return {"id": service.name, "object": "model", "created": 0, "owned_by": "edge-agent"}
+    created = _installed_at(service.loaded_from or service.path.resolve())
+    return {"id": service.name, "object": "model", "created": created, "owned_by": "edge-agent"}
+
+
+def _installed_at(folder: Path) -> int:
+    """When the version was installed: its release file is written just before the
+    folder appears; a folder the store did not install counts from its own change time."""
+    for path in (folder / RELEASE_FILE, folder):
+        try:
+            return int(path.stat().st_mtime)
+        except OSError:
+            continue
+    return 0
 
 
 def _model_status(service: ModelService) -> dict[str, Any]:

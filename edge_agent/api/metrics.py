@@ -23,9 +23,31 @@ TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self.responses = Counter(
             "edge_agent_requests",
-            "API requests by endpoint and status code",
+            "API responses by endpoint and HTTP status code, refusals included",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "edge_agent_rejections",
+            "Requests refused before any work or for overload (401, 403, 408, 413, 429, 503), "
+            "by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "edge_agent_errors",
+            "Other error responses (400, 404, 500...), by class (the error's code or type)",
+            ["class"],
+            registry=self.registry,
+        )
+        # Counted by the generation when it ends: a stream that fails after its 200 header
+        # counts here with the error's status.
+        self.requests = Counter(
+            "edge_agent_generations",
+            "Generation requests by endpoint and how they ended (an error status for a "
+            "stream that failed after it began)",
             ["endpoint", "status"],
             registry=self.registry,
         )
