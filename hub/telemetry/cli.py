@@ -98,7 +98,7 @@ def _table(cells: list[HealthCell]) -> None:
     from rich.table import Table
 
     table = Table(
-        "version", "cell (UTC)", "devices", "requests", "errors",
+        "version", "cell (UTC)", "devices", "requests", "errors", "rejected (queue full)",
         "TTFT p50/p90/p99 ms", "token p50 ms", "tokens/s", "crashes/device-h", "updates ok/failed",
         caption=f"cells behind fewer than {cells[0].k} devices are suppressed",
     )  # fmt: skip
@@ -106,7 +106,7 @@ def _table(cells: list[HealthCell]) -> None:
         when = cell.start.strftime("%Y-%m-%d %H:%M" if cell.bucket == "hour" else "%Y-%m-%d")
         m = cell.metrics
         if m is None:
-            table.add_row(cell.version, when, f"< {cell.k}", "suppressed", *["-"] * 6)
+            table.add_row(cell.version, when, f"< {cell.k}", "suppressed", *["-"] * 7)
             continue
         ttft = "/".join(_number(v, 1000) for v in (m.ttft.p50, m.ttft.p90, m.ttft.p99))
         outcomes = m.update_outcomes
@@ -116,10 +116,11 @@ def _table(cells: list[HealthCell]) -> None:
             str(m.devices),
             str(m.requests),
             f"{m.errors} ({_number(m.error_rate, 100, 1)}%)",
+            str(m.rejections),
             ttft,
             _number(m.per_token.p50, 1000, 1),
             _number(m.tokens_per_second, digits=1),
             _number(m.crashes_per_device_hour, digits=3),
             f"{outcomes['succeeded']}/{outcomes['failed'] + outcomes['rolled_back']}",
         )
-    Console(width=160).print(table)
+    Console(width=180).print(table)

@@ -62,3 +62,13 @@ def test_since() -> None:
     with pytest.raises(typer.BadParameter, match="neither an age"):
         parse_since("yesterday", now)
     assert parse_since("1d", datetime(2030, 1, 2, tzinfo=UTC)) == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_the_table_shows_rejections(engine: Engine, database_url: str) -> None:
+    store_all(engine, [busy(d, rejections=7) for d in range(5)])
+    code, output = run(database_url)
+    assert code == 0, output
+    assert "rejected (queue" in output
+    row = next(line for line in output.splitlines() if "2030-01-08 00:00" in line)
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[5:7] == ["10 (2.0%)", "35"], cells
