@@ -1,4 +1,5 @@
-"""Where releases come from: the hub over HTTP, a folder (USB stick), later a LAN peer.
+"""Where releases come from: the hub over HTTP, a folder (USB stick); LAN peers build on
+the HTTP fetcher in edge_agent.updates.chunks.
 
 Each is a python-tuf `FetcherInterface`, so metadata and targets go through ngclient's
 verification, and chunks through the same transport with a hard length limit.
@@ -108,14 +109,15 @@ class HttpFetcher(Fetcher):
         ca_file: Path | None = None,
         min_bytes_per_second: int = 1024,
         slow_grace_seconds: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(bandwidth_bytes_per_second)
         self.min_bytes_per_second = min_bytes_per_second
         self.slow_grace_seconds = slow_grace_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # An enrolled device trusts its hub's CA alone for the hub; other sources, the
-        # system's roots.
-        verify: ssl.SSLContext | bool = (
+        # system's roots; `tls_context`: a LAN peer's mutual TLS (edge_agent.updates.chunks).
+        verify: ssl.SSLContext | bool = tls_context or (
             ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
         )
         self.client = httpx.Client(headers=headers, timeout=timeout_seconds, verify=verify)
@@ -126,10 +128,18 @@ class HttpFetcher(Fetcher):
     def _fetch(self, url: str) -> Iterator[bytes]:
         request = self.client.build_request("GET", url)
         response = self.client.send(request, stream=True)
+        try:
+            self._check_response(response, url)
+        except BaseException:
+            response.close()
+            raise
         if response.status_code >= 400:
             response.close()
             raise DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
         return self._stream(response, url)
+
+    def _check_response(self, response: httpx.Response, url: str) -> None:
+        """Refuse a response before its body is read; the hub needs no check beyond TLS."""
 
     def _stream(self, response: httpx.Response, url: str) -> Iterator[bytes]:
         # Blocks as the network delivers them (not gathered into READ_BLOCK_BYTES first),

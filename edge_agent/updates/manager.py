@@ -251,9 +251,8 @@ class UpdateManager:
         reused = sum(manifest.unique_chunks().values()) - total
         done = 0
         for sha, size in sorted(missing.items()):
-            data = source.chunk(sha, size)
-            try:
-                self.store.put_chunk(sha, data)
+            try:  # the source checks the hash too, passing over peers that send wrong bytes
+                self.store.put_chunk(sha, source.chunk(sha, size))
             except CorruptChunk as exc:
                 raise RepositoryError(
                     f"a chunk of {manifest.model} {manifest.version} does not match the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from edge_agent.protocol import (
     chunk_path,
     manifest_target,
 )
+from edge_agent.updates.chunks import ChunkChain, ChunkSource
 from edge_agent.updates.errors import (
     AccessDenied,
     DownloadFailed,
@@ -76,7 +78,9 @@ class ReleaseSource:
         trust_dir: Path,
         fetcher: Fetcher,
         limits: SourceLimits | None = None,
+        peers: Sequence[ChunkSource] = (),
     ) -> None:
+        """`peers`: LAN peers asked for each chunk before this repository (chunks.py)."""
         if not (trust_dir / ROOT_FILE).is_file():
             raise NotTrusted(
                 f"no trusted root in {trust_dir}: pin the fleet's root.json first "
@@ -103,9 +107,10 @@ class ReleaseSource:
             bootstrap=None,  # the root pinned at install, kept current by ngclient
         )
         self._refreshed = False
+        self.chunks = ChunkChain([*peers, _RepositoryChunks(base_url, fetcher)])
 
     def close(self) -> None:
-        self.fetcher.close()
+        self.chunks.close()  # the repository's fetcher among them
         shutil.rmtree(self._downloads, ignore_errors=True)
 
     def __enter__(self) -> ReleaseSource:
@@ -159,10 +164,27 @@ class ReleaseSource:
         return manifest
 
     def chunk(self, sha256: str, size: int) -> bytes:
-        """A chunk's bytes, at most `size` of them; the caller verifies the hash."""
+        """A chunk's bytes, checked against `sha256` (CorruptChunk if no source had them
+        right); from a peer where one has it, else from this repository."""
+        return self.chunks.chunk(sha256, size)
+
+
+class _RepositoryChunks:
+    """The repository's own chunks: the last source of the chain."""
+
+    label = "the release repository"
+
+    def __init__(self, base_url: str, fetcher: Fetcher) -> None:
+        self.base_url = base_url
+        self.fetcher = fetcher
+
+    def chunk(self, sha256: str, size: int) -> bytes:
         url = self.base_url + chunk_path(sha256)
         with _translated(f"fetching chunk {sha256[:12]}..."):
             return self.fetcher.fetch_limited(url, size)
+
+    def close(self) -> None:
+        self.fetcher.close()
 
 
 class _translated:
