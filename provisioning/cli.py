@@ -1,7 +1,11 @@
-"""`edge-provision`: key ceremony, enrollment and USB bundles (commands arrive with them)."""
+"""`edge-provision`: the offline key ceremony and USB bundles for air-gapped sites."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,6 +34,204 @@ def main_options(
 ) -> None:
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"edge-provision: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _passphrases(files: list[Path] | None, count: int, what: str) -> list[bytes]:
+    from provisioning.ceremony import passphrase_from
+
+    if files:
+        return [passphrase_from(path) for path in files]
+    return [
+        typer.prompt(
+            f"passphrase for {what} {n + 1}", hide_input=True, confirmation_prompt=True
+        ).encode()
+        for n in range(count)
+    ]
+
+
+PassFiles = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--passphrase-file",
+        help="a file whose first line is one key holder's passphrase (repeat; else prompted)",
+    ),
+]
+
+
+@app.command("init-root")
+def init_root(
+    ceremony: Annotated[Path, typer.Option(help="offline folder for the encrypted keys")],
+    hub_package: Annotated[
+        Path, typer.Option(help="folder to carry to the hub: the root and its online keys")
+    ],
+    root_keys: Annotated[int, typer.Option(help="root keys, one per key holder")] = 3,
+    threshold: Annotated[int, typer.Option(help="root keys needed to sign a root")] = 2,
+    passphrase_file: PassFiles = None,
+    bundle_passphrase_file: Annotated[
+        Path | None, typer.Option(help="passphrase file for the offline-bundle key")
+    ] = None,
+) -> None:
+    """Make the fleet's root keys (each encrypted with its own passphrase), the online keys,
+    the offline-bundle key and the first root metadata. Run on an offline machine."""
+    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.ceremony import init_root as make_root
+
+    try:
+        passes = _passphrases(passphrase_file, root_keys, "root key")
+        if len(passes) != root_keys:
+            _fail(f"{len(passes)} passphrase files for {root_keys} root keys", 2)
+        bundle = (
+            passphrase_from(bundle_passphrase_file)
+            if bundle_passphrase_file
+            else _passphrases(None, 1, "the offline-bundle key")[0]
+        )
+        result = make_root(ceremony, hub_package, passes, threshold, bundle)
+    except CeremonyError as exc:
+        _fail(str(exc))
+    typer.echo(f"root v{result.version}: {result.root_file} ({threshold} of {root_keys} keys)")
+    typer.echo(f"encrypted root and offline-bundle keys: {ceremony} (keep OFFLINE)")
+    typer.echo(
+        f"carry {hub_package} to the hub: edge-hub repo init --root-metadata "
+        f"{result.hub_root_file} --keys {hub_package}"
+    )
+
+
+@app.command("rotate-root")
+def rotate_root(
+    ceremony: Annotated[Path, typer.Option(help="the ceremony folder")],
+    hub_package: Annotated[Path, typer.Option(help="folder to carry the new root to the hub")],
+    passphrase_file: PassFiles = None,
+    add_keys: Annotated[int, typer.Option(help="new root keys to make")] = 0,
+    new_passphrase_file: Annotated[
+        list[Path] | None, typer.Option(help="passphrase file per new root key")
+    ] = None,
+    retire: Annotated[list[str] | None, typer.Option(help="root key id to drop")] = None,
+    threshold: Annotated[int | None, typer.Option(help="the new root threshold")] = None,
+) -> None:
+    """Sign root version N+1 with the old threshold and the new one."""
+    from provisioning.ceremony import CeremonyError
+    from provisioning.ceremony import rotate_root as rotate
+
+    try:
+        passes = _passphrases(passphrase_file, 1, "a root key holder")
+        new = _passphrases(new_passphrase_file, add_keys, "new root key") if add_keys else []
+        result = rotate(
+            ceremony,
+            hub_package,
+            passes,
+            new_root_passphrases=new,
+            retire=retire or [],
+            threshold=threshold,
+        )
+    except CeremonyError as exc:
+        _fail(str(exc))
+    typer.echo(f"root v{result.version}: {result.root_file}")
+    typer.echo(f"on the hub: edge-hub repo adopt-root {result.hub_root_file}")
+
+
+usb_app = typer.Typer(help="USB bundles for air-gapped sites.", no_args_is_help=True)
+app.add_typer(usb_app, name="usb")
+
+
+@contextmanager
+def _progress_bars() -> Iterator[object]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=False,
+    ) as bars:
+        tasks: dict[str, object] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+
+        yield update
+
+
+@usb_app.command("export")
+def usb_export(
+    stick: Annotated[Path, typer.Argument(help="the stick's folder (its mount point)")],
+    repo: Annotated[Path, typer.Option(help="the hub's release repository folder")],
+    bundle_key: Annotated[Path, typer.Option(help="the offline-bundle key file (encrypted)")],
+    release: Annotated[list[str], typer.Option(help="MODEL=VERSION to carry (repeat)")],
+    site: Annotated[str, typer.Option(help="the site's name, written into the authorisation")],
+    device: Annotated[list[str] | None, typer.Option(help="a device id (repeat)")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="a device group (repeat)")] = None,
+    db: Annotated[
+        str | None, typer.Option(help="hub database URL: groups and what devices hold")
+    ] = None,
+    full: Annotated[bool, typer.Option(help="carry every chunk, whatever devices hold")] = False,
+    days: Annotated[int, typer.Option(help="validity of the authorisation (at most 90)")] = 30,
+    bundle_passphrase_file: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Write the releases, only the chunks the site lacks, and a signed authorisation."""
+    from tuf.api.metadata import Metadata, Root
+
+    from edge_agent.protocol import METADATA_DIR
+    from edge_agent.protocol.bundle import BundleRelease
+    from provisioning.ceremony import CeremonyError, bundle_signer, passphrase_from
+    from provisioning.usb_export import ExportError, describe, export_bundle
+
+    devices, groups = list(device or []), list(group or [])
+    if group and not db:
+        _fail("--group needs --db (the hub database) to find its devices", 2)
+    try:
+        releases = [BundleRelease(model=r.split("=")[0], version=r.split("=")[1]) for r in release]
+    except (IndexError, ValueError) as exc:
+        _fail(f"--release takes MODEL=VERSION: {exc}", 2)
+    held = None
+    if db:
+        from hub.db import make_engine
+        from provisioning.fleet_state import held_versions, site_devices
+
+        engine = make_engine(db)
+        try:
+            devices = site_devices(engine, devices, groups)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        held = None if full else held_versions(engine, devices)
+    if not devices:
+        _fail("name the devices the stick is for: --device ID or --group NAME with --db", 2)
+    roots = sorted(
+        (repo / METADATA_DIR).glob("*.root.json"), key=lambda p: int(p.name.split(".")[0])
+    )
+    if not roots:
+        _fail(f"{repo}: no release repository here", 2)
+    root = Metadata[Root].from_file(str(roots[-1])).signed
+    try:
+        passphrase = (
+            passphrase_from(bundle_passphrase_file)
+            if bundle_passphrase_file
+            else _passphrases(None, 1, "the offline-bundle key")[0]
+        )
+        signer = bundle_signer(bundle_key, passphrase, root)
+        with _progress_bars() as progress:
+            summary = export_bundle(
+                repo,
+                stick,
+                releases=releases,
+                devices=devices,
+                groups=groups,
+                site=site,
+                signers=[signer],
+                held=held,
+                validity=timedelta(days=days),
+                progress=progress,  # type: ignore[arg-type]
+            )
+    except (CeremonyError, ExportError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(describe(summary))
 
 
 def main() -> None:
