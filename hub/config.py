@@ -100,12 +100,23 @@ class TelemetryConfig(_Section):
     k_anonymity: int = Field(5, ge=2)
 
 
+class ApiConfig(_Section):
+    """The operator REST API (/api/v1/) on the hub's HTTPS server."""
+
+    operator_tokens_file: Path = Field(
+        Path("~/.local/share/edge-hub/operator-tokens.json"),
+        description="hashes of operator API tokens with name and role "
+        "(`edge-hub rollout token NAME --role ROLE` issues one)",
+    )
+
+
 class HubConfig(_Section):
     repository: RepositoryConfig = RepositoryConfig()
     artifacts: ArtifactsConfig = ArtifactsConfig()
     database: DatabaseConfig = DatabaseConfig()
     broker: BrokerConfig = BrokerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    api: ApiConfig = ApiConfig()
 
     @property
     def database_url(self) -> str:

@@ -6,7 +6,8 @@ server (artifacts and enrollment).
     ingest           one worker: reports into the database (plain subscriptions on the
                      managed Mosquitto, shared ones on an external broker)
     publisher        signed desired state, retained, on each device's topic
-    jobs             metadata refresh; desired state published and renewed; the fleet
+    jobs             metadata refresh; desired state published and renewed; rollouts
+                     driven a step (hub.rollouts.driver); the fleet
                      watched: a revocation (a newly revoked certificate) makes the broker cut
                      off the device's open connection too, and new group membership rewrites
                      the broker's ACL
@@ -41,6 +42,7 @@ from hub.fleet.authority import FleetAuthority
 from hub.fleet.publisher import DesiredPublisher
 from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
+from hub.rollouts.jobs import add_rollout_job, make_driver
 from hub.scheduler import add_refresh_job
 from hub.telemetry.keys import PeriodKeys, load_or_create_seed, seed_file
 
@@ -148,6 +150,13 @@ class HubService:
             next_run_time=datetime.now(UTC),
             id="desired-state",
         )
+        driver = make_driver(
+            self.engine,
+            self.authority.director.private_key,
+            self.repository,
+            self.config.telemetry.k_anonymity,
+        )
+        add_rollout_job(scheduler, driver, FLEET_JOB_SECONDS)
         if self.broker is not None:
             scheduler.add_job(
                 self.watch_fleet, "interval", seconds=FLEET_JOB_SECONDS, id="watch-fleet"

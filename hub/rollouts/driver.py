@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from edge_agent.protocol.window import WindowError
 from hub.db import session
 from hub.fleet import desired
 from hub.fleet.models import Device
@@ -85,7 +86,7 @@ class Driver:
                     details={"wave": wave.number, "size": wave.size}, at=at,
                 )  # fmt: skip
             due = self._due(db, rollout, wave, spec, at)
-        if due and not self._notify(rollout, due, at):
+        if due and not self._notify(rollout, due, spec, at):
             return State.PAUSED
         with session(self.engine) as db:
             rollout = store.lock(db, rollout_id)
@@ -146,8 +147,11 @@ class Driver:
         query = _unnotified_query(rollout).order_by(col(RolloutDevice.position)).limit(room)
         return [member.device_id for member in db.exec(query).all()]
 
-    def _notify(self, rollout: Rollout, device_ids: list[str], at: datetime) -> bool:
-        """Sign the release for these devices; a release no longer listed pauses."""
+    def _notify(
+        self, rollout: Rollout, device_ids: list[str], spec: RolloutSpec, at: datetime
+    ) -> bool:
+        """Sign the release for these devices (with the rollout's maintenance window); a
+        release no longer listed, or a window that no longer opens, pauses."""
         assert rollout.id is not None
         problem = self.releases(rollout.model, rollout.version)
         if problem is None:
@@ -155,8 +159,9 @@ class Driver:
                 desired.assign(
                     self.engine, self.key(), device_ids, rollout.model, rollout.version,
                     listed=lambda _m, _v: True,  # checked just now, with a better message
+                    window=spec.window, now=at,
                 )  # fmt: skip
-            except desired.NotListed as exc:
+            except (desired.NotListed, WindowError) as exc:
                 problem = str(exc)
         with session(self.engine) as db:
             current = store.lock(db, rollout.id)

@@ -8,12 +8,13 @@ up to it) happen in hub.rollouts.store, in the same transaction that stores the 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent.protocol.window import MaintenanceWindow, check_opens
 
 __all__ = [
     "HealthGates",
@@ -25,9 +26,6 @@ __all__ = [
     "ValidationError",
     "field_errors",
 ]
-
-# A window must open within this long; one that never does would hold every device forever.
-WINDOW_MUST_OPEN_WITHIN = timedelta(days=366)
 
 
 class _Strict(BaseModel):
@@ -90,32 +88,6 @@ class Pacing(_Strict):
     increment_factor: float = Field(1.0, ge=1, le=10)
 
 
-class MaintenanceWindow(_Strict):
-    """When devices may activate: a cron expression for the start, a duration, a zone."""
-
-    cron: str = Field(min_length=1, max_length=120)
-    duration_minutes: int = Field(ge=1, le=7 * 24 * 60)
-    timezone: str = "UTC"
-
-    @model_validator(mode="after")
-    def _opens(self) -> MaintenanceWindow:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            zone = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r} (e.g. Europe/Berlin)") from None
-        try:
-            trigger = CronTrigger.from_crontab(self.cron, timezone=zone)
-        except ValueError as exc:
-            raise ValueError(f"cron {self.cron!r} is not a cron expression: {exc}") from None
-        now = datetime.now(UTC)
-        first = trigger.get_next_fire_time(None, now)
-        if first is None or first - now > WINDOW_MUST_OPEN_WITHIN:
-            raise ValueError(f"the window {self.cron!r} never opens (within a year)")
-        return self
-
-
 class RolloutSpec(_Strict):
     model: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
@@ -137,6 +109,8 @@ class RolloutSpec(_Strict):
     approval_required: bool = False
     on_failure: Literal["pause", "rollback"] = "pause"
     pacing: Pacing = Pacing()
+    # Devices activate only inside it (enforced on the device from its signed desired
+    # state); None: each device's group window, if its group has one.
     window: MaintenanceWindow | None = None
     seed: int | None = Field(None, ge=0, description="the draw's seed (default: random)")
 
@@ -154,6 +128,11 @@ class RolloutSpec(_Strict):
                 raise ValueError("wave_percent: the waves do not add up: the last must be 100")
         if self.wave_counts is not None and any(n < 1 for n in self.wave_counts):
             raise ValueError("wave_counts: each wave holds at least one device")
+        if self.window is not None:
+            try:
+                check_opens(self.window, datetime.now(UTC))
+            except ValueError as exc:
+                raise ValueError(f"window: {exc}") from None
         return self
 
 

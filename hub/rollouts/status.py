@@ -72,4 +72,18 @@ def describe(engine: Engine, rollout_id: int) -> dict[str, Any]:
                     "gates": wave.gates,
                 }
             )
-        return {**summary(rollout), "spec": rollout.spec, "seed": rollout.seed, "waves": shown}
+        window = None
+        if spec.window is not None:
+            # When devices of an opened wave can next activate (each wave completes then).
+            opens = spec.window.next_open(at)
+            window = {
+                **spec.window.model_dump(mode="json"),
+                "next_open": opens.isoformat() if opens else None,
+            }
+        return {
+            **summary(rollout),
+            "spec": rollout.spec,
+            "seed": rollout.seed,
+            "window": window,
+            "waves": shown,
+        }
