@@ -21,9 +21,10 @@ from edge_agent.api.hosts import HostGuard, HostPolicy
 from edge_agent.api.limits import BodySizeLimit
 from edge_agent.api.metrics import Metrics
 from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
+from edge_agent.api.tools import plan_tools
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
-from edge_agent.runtime import ChatMessage, InvalidRequest
+from edge_agent.runtime import InvalidRequest
 from edge_agent.runtime.service import ModelService
 from edge_agent.store.store import RELEASE_FILE
 
@@ -125,12 +126,14 @@ def create_app(
     @v1.post("/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         service = service_for(body.model)
-        params = body.chat_sampling()
+        tools = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        params = body.chat_sampling(tools.grammar() if tools else None)
         model, _ = service.require()
-        messages = [ChatMessage(m.role, m.text()) for m in body.messages]
-        prompt_ids = model.encode(model.chat_prompt(messages))
+        messages = [m.to_runtime() for m in body.messages]
+        prompt = tools.prompt(model, messages) if tools else model.chat_prompt(messages)
+        prompt_ids = model.encode(prompt)
         gen = Generation(
-            service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals, usage
+            service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals, usage, tools
         )
         if body.stream:
             return gen.stream(body.include_usage)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from edge_agent.api.arrivals import Arrivals
 from edge_agent.api.errors import ApiError, sse_error
 from edge_agent.api.metrics import Metrics
+from edge_agent.api.tools import CallStream, ToolPlan, parse_calls
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.runtime import (
     Finished,
@@ -55,6 +56,7 @@ class Generation:
     request: Request
     arrivals: Arrivals
     recorder: UsageRecorder  # anonymous telemetry
+    tool_plan: ToolPlan | None = None  # chat with tools: calls are read from the answer
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -115,20 +117,31 @@ class Generation:
     async def _sse(
         self, sub: Submission, sink: AsyncSink, shape: Shape, include_usage: bool
     ) -> AsyncIterator[bytes]:
+        calls = CallStream() if self.tool_plan is not None else None
         try:
             if shape.opens_with_role:
                 yield _sse(shape.chunk(None, None, True))
             async for event in sink:
                 if isinstance(event, TextDelta):
                     self._observe_delta()
-                    yield _sse(shape.chunk(event.text, None, False))
+                    text = calls.feed(event.text) if calls is not None else event.text
+                    if text:
+                        yield _sse(shape.chunk(text, None, False))
                     continue
-                failure = _failure(event)
+                failure = _failure(event, self.tool_plan is not None)
                 self._observe_finish(event, failure.status if failure else 200)
                 if failure is not None:
                     yield sse_error(failure)
                     return
-                yield _sse(shape.chunk(None, event.reason.value, False))
+                finish = event.reason.value
+                if calls is not None:
+                    made, held = calls.finish()
+                    if held:
+                        yield _sse(shape.chunk(held, None, False))
+                    if made:
+                        yield _sse(_tool_calls_chunk(shape.chunk(None, None, False), made))
+                        finish = "tool_calls"
+                yield _sse(shape.chunk(None, finish, False))
                 if include_usage:
                     usage = shape.chunk(None, None, False)
                     usage["choices"] = []
@@ -150,12 +163,18 @@ class Generation:
                     self._observe_delta()
                     parts.append(event.text)
                     continue
-                failure = _failure(event)
+                failure = _failure(event, self.tool_plan is not None)
                 self._observe_finish(event, failure.status if failure else 200)
                 if failure is not None:
                     raise failure
                 shape = self.shape(self.id, self.service.name, self.created)
-                body = shape.full("".join(parts), event.reason.value)
+                text = "".join(parts)
+                body = shape.full(text, event.reason.value)
+                made = parse_calls(text) if self.tool_plan is not None else None
+                if made:
+                    choice = body["choices"][0]
+                    choice["message"].update(content=None, tool_calls=made)
+                    choice["finish_reason"] = "tool_calls"
                 body["usage"] = self.usage(event)
                 return JSONResponse(body)
         finally:
@@ -169,12 +188,13 @@ class Generation:
 GRAMMAR_ERROR = "Error creating grammar"
 
 
-def _failure(done: Finished) -> ApiError | None:
+def _failure(done: Finished, tools: bool = False) -> ApiError | None:
     if done.reason is FinishReason.ERROR and (done.error or "").startswith(GRAMMAR_ERROR):
+        param = "tools" if tools else "response_format"
         return ApiError(
             400,
-            f"response_format: the JSON schema cannot be used for guided decoding: {done.error}",
-            param="response_format",
+            f"{param}: the JSON schema cannot be used for guided decoding: {done.error}",
+            param=param,
             code="invalid_json_schema",
         )
     if done.reason is FinishReason.ERROR:
@@ -192,6 +212,16 @@ async def _cancel_on_disconnect(request: Request, sub: Submission) -> None:
             sub.cancel()
             return
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+
+def _tool_calls_chunk(chunk: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """One delta with every call whole: the calls are known only once decoding ends."""
+    chunk["choices"][0]["delta"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"index": i, **call} for i, call in enumerate(calls)],
+    }
+    return chunk
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

@@ -7,13 +7,14 @@ asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_agent.runtime import InvalidRequest, SamplingParams
+from edge_agent.runtime import ChatMessage, InvalidRequest, SamplingParams
 
 # Deeper schemas make the grammar compiler give up ("recursion limit exceeded"); no real
 # response format comes near this.
@@ -30,15 +31,60 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCallIn(_Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _shape_fits_role(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required (it may be null only beside tool_calls)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def to_runtime(self) -> ChatMessage:
+        calls = tuple(
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _json_or_text(call)},
+            }
+            for call in self.tool_calls or ()
+        )
+        return ChatMessage(self.role, self.text(), calls, self.tool_call_id)
+
+
+def _json_or_text(call: ToolCallIn) -> Any:
+    """Templates print arguments with `tojson`, expecting an object, as transformers has."""
+    try:
+        return json.loads(call.function.arguments)
+    except json.JSONDecodeError:
+        return call.function.arguments
 
 
 class StreamOptions(_Strict):
@@ -79,10 +125,16 @@ _NEUTRAL: dict[str, Any] = {
     "logprobs": None,
     "top_logprobs": None,
     "logit_bias": None,
-    "tools": None,
-    "tool_choice": None,
     "echo": False,
     "suffix": None,
+}
+
+
+# Why a field is refused, where the reason helps the caller choose what to send instead.
+_UNSUPPORTED = {
+    name: f"{name} is not supported: onnxruntime-genai's sampler has no presence or "
+    "frequency penalty; omit it (or send 0)"
+    for name in ("presence_penalty", "frequency_penalty")
 }
 
 
@@ -122,7 +174,9 @@ class _GenerationRequest(_Strict):
         for name, neutral in _NEUTRAL.items():
             value = getattr(self, name, None)
             if value is not None and value != neutral and value is not False:
-                raise InvalidRequest(name, f"{name} is not supported by this server; omit it")
+                raise InvalidRequest(
+                    name, _UNSUPPORTED.get(name, f"{name} is not supported by this server; omit it")
+                )
 
     def sampling(self, json_schema: str | None = None) -> SamplingParams:
         self._check_neutral()
@@ -155,14 +209,31 @@ class ChatCompletionRequest(_GenerationRequest):
     metadata: dict[str, str] | None = None
     store: bool | None = None
 
-    def chat_sampling(self) -> SamplingParams:
+    @field_validator("tools")
+    @classmethod
+    def _tools_not_too_deep(cls, tools: list[dict[str, Any]] | None) -> Any:
+        if tools is not None and _depth(tools) > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"the tools' schemas nest deeper than {MAX_SCHEMA_DEPTH} levels")
+        return tools
+
+    def chat_sampling(self, tool_grammar: str | None = None) -> SamplingParams:
         if self.max_completion_tokens is not None:
             if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
                 raise InvalidRequest(
                     "max_completion_tokens", "max_tokens and max_completion_tokens disagree"
                 )
             self.max_tokens = self.max_completion_tokens
-        return self.sampling(_json_schema(self.response_format))
+        schema = _json_schema(self.response_format)
+        if schema is not None and tool_grammar is not None:
+            raise InvalidRequest(
+                "response_format",
+                "response_format and tools cannot both shape one answer: send tool_choice "
+                "none, or describe the answer as a tool",
+            )
+        params = self.sampling(schema)
+        if tool_grammar is None:
+            return params
+        return dataclasses.replace(params, lark_grammar=tool_grammar)
 
 
 class CompletionRequest(_GenerationRequest):

@@ -39,6 +39,20 @@ class RuntimeSettings:
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()  # an assistant's calls, OpenAI's shape
+    tool_call_id: str | None = None  # a tool result: the call it answers
+
+    def as_template_input(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            item["tool_calls"] = list(self.tool_calls)
+        if self.tool_call_id is not None:
+            item["tool_call_id"] = self.tool_call_id
+        return item
+
+
+# A tool name no template would print unless it renders the `tools` it is given.
+_PROBE_TOOL = "edge_agent_probe_tool"
 
 
 class LoadedModel:
@@ -62,6 +76,7 @@ class LoadedModel:
         self.eos_token_ids = frozenset(folder.eos_token_ids)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.supports_guidance = self._probe_guidance()
+        self.renders_tools = self._probe_tools()
 
     @property
     def context_length(self) -> int:
@@ -105,9 +120,21 @@ class LoadedModel:
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        payload = json.dumps([{"role": m.role, "content": m.content} for m in messages])
+    def chat_prompt(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = ()
+    ) -> str:
+        """The prompt for `messages`; `tools` (OpenAI's shape) reach the template as its
+        `tools` variable, as transformers passes them (see `renders_tools`)."""
+        payload = json.dumps([m.as_template_input() for m in messages])
         if self.folder.has_chat_template:
+            if tools:
+                return str(
+                    self.tokenizer.apply_chat_template(
+                        payload,
+                        tools=json.dumps(list(tools)),
+                        add_generation_prompt=True,
+                    )
+                )
             return str(self.tokenizer.apply_chat_template(payload, add_generation_prompt=True))
         # A folder without a template still chats, in a plain transcript format.
         lines = [f"{m.role}: {m.content}" for m in messages]
@@ -139,6 +166,8 @@ class LoadedModel:
         gen_params.set_search_options(**options)
         if params.json_schema is not None:
             gen_params.set_guidance("json_schema", params.json_schema)
+        if params.lark_grammar is not None:
+            gen_params.set_guidance("lark_grammar", params.lark_grammar)
         generator = og.Generator(self.model, gen_params)
         if len(prompts) == 1:
             generator.append_tokens(np.asarray(prompts[0], dtype=np.int32))
@@ -151,12 +180,25 @@ class LoadedModel:
         return generator
 
     def check_guidance(self, params: SamplingParams) -> None:
-        if params.json_schema is not None and not self.supports_guidance:
+        if params.guided and not self.supports_guidance:
+            field = "tools" if params.lark_grammar is not None else "response_format"
             raise InvalidRequest(
-                "response_format",
-                "response_format json_schema needs onnxruntime-genai built with guidance, "
+                field,
+                f"{field} needs onnxruntime-genai built with guidance (llguidance), "
                 "and the installed wheel has none",
             )
+
+    def _probe_tools(self) -> bool:
+        """Whether the chat template prints the tools it is given (else the caller must
+        describe them in the messages)."""
+        if not self.folder.has_chat_template:
+            return False
+        tool = {"type": "function", "function": {"name": _PROBE_TOOL, "parameters": {}}}
+        try:
+            prompt = self.chat_prompt([ChatMessage("user", "x")], [tool])
+        except Exception:  # a template that fails on tools cannot render them
+            return False
+        return _PROBE_TOOL in prompt
 
     def _probe_guidance(self) -> bool:
         try:

@@ -22,6 +22,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: str | None = None
+    lark_grammar: str | None = None  # llguidance's Lark dialect: tool calls
     ignore_eos: bool = False  # generate exactly max_tokens: for benchmarks
 
     def __post_init__(self) -> None:
@@ -47,13 +48,17 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def guided(self) -> bool:
+        return self.json_schema is not None or self.lark_grammar is not None
+
     def batch_key(self) -> BatchKey | None:
         """Requests with equal keys may share one batched generator; None: run alone.
 
         A seeded request runs alone so the same seed gives the same text whatever else
         is running; guided decoding keeps per-generator grammar state.
         """
-        if self.seed is not None or self.json_schema is not None:
+        if self.seed is not None or self.guided:
             return None
         if self.greedy:
             return ("greedy", self.ignore_eos)
@@ -67,6 +72,6 @@ class SamplingParams:
         start its random stream afresh to repeat itself, and a grammar keeps its own state;
         greedy decoding ignores the seed.
         """
-        if self.json_schema is not None or (self.seed is not None and not self.greedy):
+        if self.guided or (self.seed is not None and not self.greedy):
             return None
         return self.batch_key() if self.seed is None else ("greedy", self.ignore_eos)
