@@ -1,0 +1,66 @@
+"""Tell the service manager (systemd, or the launcher during an A/B switch) when the agent
+really serves: its model is loaded and its own HTTP port answers. Then keep the watchdog
+fed for as long as the port keeps answering."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import httpx
+
+from edge_agent.installed.notify import Watchdog, notify, watchdog_interval
+
+if TYPE_CHECKING:
+    from edge_agent.runtime.service import ModelService
+
+SELF_CHECK_TIMEOUT_SECONDS = 5.0
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=SELF_CHECK_TIMEOUT_SECONDS).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Readiness:
+    """Started beside the HTTP server; sends READY=1 once, then pings the watchdog."""
+
+    def __init__(self, services: Sequence[ModelService], url: str) -> None:
+        self._services = services
+        self._url = url
+        self._stopped = threading.Event()
+        self._watchdog: Watchdog | None = None
+        self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    def _run(self) -> None:
+        for service in self._services:
+            while not service.wait_loaded(1.0):
+                if self._stopped.is_set():
+                    return
+            if service.error is not None:
+                # No READY: systemd's start timeout or the launcher's health deadline acts.
+                notify(f"STATUS=model {service.name} failed to load: {service.error}")
+                return
+        while not answers(self._url):
+            if self._stopped.wait(0.2):
+                return
+        names = ", ".join(s.name for s in self._services)
+        notify(f"READY=1\nSTATUS=serving {names} at {self._url}/v1")
+        interval = watchdog_interval()
+        if interval is not None and not self._stopped.is_set():
+            self._watchdog = Watchdog(interval, self._healthy)
+            self._watchdog.start()
+
+    def _healthy(self) -> bool:
+        return all(s.ready for s in self._services) and answers(self._url)
