@@ -19,8 +19,15 @@ def list_model_files(model_dir: Path) -> list[tuple[str, Path]]:
         inspect_model_folder(model_dir)
     except ModelFolderError as exc:
         raise ReleaseRefused(f"not a model folder: {exc}") from None
+    return list_release_files(model_dir)
+
+
+def list_release_files(folder: Path) -> list[tuple[str, Path]]:
+    """Every regular file under `folder`, as list_model_files but for any release kind."""
+    if not folder.is_dir():
+        raise ReleaseRefused(f"{folder}: not a folder")
     found: list[tuple[str, Path]] = []
-    _walk(model_dir, model_dir, found)
+    _walk(folder, folder, found)
     return sorted(found)
 
 
