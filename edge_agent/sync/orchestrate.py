@@ -4,7 +4,10 @@
 never paho's). For each model whose desired version differs from the active one it queues
 an InstallEvent(start), calls `install(model, version)` (the caller wires that to
 UpdateManager.update with a ReleaseSource), queues InstallEvent(healthy | failed) with the
-error, and finally one ReportedState with what now runs and the desired sequence. Every
+error, and finally one ReportedState with what now runs and the desired sequence. An
+install that raises WaitingForWindow has downloaded the release and waits for the
+maintenance window: InstallEvent(downloaded), and the report names it `pending` with the
+time it activates. Every
 report goes through the durable outbox, so results made offline still reach the hub.
 """
 
@@ -24,6 +27,7 @@ from edge_agent.protocol import (
 )
 from edge_agent.sync.link import enqueue
 from edge_agent.sync.outbox import Outbox
+from edge_agent.sync.window import WaitingForWindow
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,19 @@ class DesiredApplier:
             )
             try:
                 active = self.install(model, release.version)
+            except WaitingForWindow as waiting:  # downloaded; not a failure
+                self._send(
+                    InstallEvent(
+                        model=model,
+                        version=release.version,
+                        event=UpdateEvent.DOWNLOADED,
+                        from_version=current,
+                    )
+                )
+                reports[model] = self.describe(model).model_copy(
+                    update={"pending": release.version, "activates_at": waiting.opens_at}
+                )
+                continue
             except Exception as exc:  # any failure is reported, never swallowed silently
                 error = str(exc)[:MAX_ERROR_CHARS] or type(exc).__name__
                 log.warning("%s %s: install failed: %s", model, release.version, error)

@@ -11,12 +11,16 @@ fleet. `SyncService` then runs, inside `edge-agent serve`:
     jobs       heartbeat, outbox flush, update check (retries a desired release that did not
                install for a passing reason, e.g. the hub was unreachable), housekeeping
                (the model store's garbage collection)
+    window     a desired state with a maintenance window: outside it the release is only
+               downloaded (edge_agent.sync.window); a one-off job at the window's opening
+               installs it. The waiting state is kept in a file, so a restart keeps waiting.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -31,11 +35,14 @@ from edge_agent.sync.orchestrate import DesiredApplier
 from edge_agent.sync.outbox import Outbox
 from edge_agent.sync.settings import OUTBOX_FILE, SyncSettings
 from edge_agent.sync.state import load_director_keys
+from edge_agent.sync.window import HeldDesired, WaitingForWindow, prefetch
 from edge_agent.telemetry.collector import Collector
 from edge_agent.updates.errors import UpdateError
 from edge_agent.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
+
+WINDOW_JOB = "maintenance-window"
 
 
 class SyncService:
@@ -54,6 +61,7 @@ class SyncService:
         self.collector: Collector | None = None  # telemetry: update outcomes by release
         self._install_lock = threading.Lock()  # desired state and the retry job, one at a time
         self._last_desired: DesiredState | None = None
+        self._held = HeldDesired(config.sync_dir)
         self.link = Link(
             self.outbox,
             device_id=settings.device_id,
@@ -104,6 +112,12 @@ class SyncService:
         self.link.start()
         self.report()
         self.scheduler.start()
+        held = self._held.load(self.link.sequences.load(), datetime.now(UTC))
+        if held is not None:  # accepted before a restart, still waiting for its window
+            log.info("desired state %d waits for its maintenance window", held.sequence)
+            with self._install_lock:
+                self._last_desired = held
+            self._activate_at_window(held)
 
     def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
@@ -140,17 +154,45 @@ class SyncService:
     def _on_desired(self, state: DesiredState) -> None:
         with self._install_lock:
             self._last_desired = state
+            if state.window is None:
+                self._held.clear()
+            else:
+                self._held.save(state)
             self.applier(state)
+            self._activate_at_window(state)
+
+    def _activate_at_window(self, state: DesiredState) -> None:
+        """A one-off job that installs what waits when the window next opens."""
+        window = state.window
+        if window is None or not self._waiting(state):
+            return
+        opens = window.next_open(datetime.now(UTC))
+        if opens is None:
+            log.error("desired state %d: its maintenance window never opens", state.sequence)
+            return
+        self.scheduler.add_job(
+            self.retry_desired, "date", run_date=opens, id=WINDOW_JOB, replace_existing=True
+        )
+        log.info("activation of desired state %d at %s", state.sequence, opens.isoformat())
+
+    def _waiting(self, state: DesiredState) -> bool:
+        return any(
+            self._active_version(model) != release.version
+            for model, release in state.models.items()
+        )
 
     def _install(self, model: str, version: str) -> str | None:
         """Install `version` through TUF (it must be listed by the signed targets), above
         the version floor, health-checked; UpdateError says why not."""
         from edge_agent.updates.fetchers import fetcher_for
+        from edge_agent.updates.peer_setup import configured_peers
         from edge_agent.updates.source import ReleaseSource
 
         source = self.settings.update_source
         if not source:
             raise UpdateError("no update source: enroll the device or set [updates] source")
+        window = self._last_desired.window if self._last_desired is not None else None
+        now = datetime.now(UTC)
         base, fetcher = fetcher_for(
             source,
             self.settings.update_token,
@@ -158,8 +200,14 @@ class SyncService:
             ca_file=self.settings.update_ca,
         )
         try:
-            with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:
+            peers = configured_peers(self.config)  # LAN peers first, verified as always
+            with ReleaseSource(base, self.config.trust_dir, fetcher, peers=peers) as releases:
+                if window is not None and not window.is_open(now):
+                    prefetch(self.manager, releases, model, version)
+                    raise WaitingForWindow(model, version, window.next_open(now))
                 outcome = self.manager.update(releases, model, version)
+        except WaitingForWindow:
+            raise
         except Exception:
             self._count_outcome(model, version, UpdateOutcome.FAILED)
             raise
@@ -180,6 +228,8 @@ class SyncService:
             state = self._last_desired
             if state is None:
                 return
+            if state.window is not None and not state.window.is_open(datetime.now(UTC)):
+                return  # downloaded already; the window's own job installs it
             failed = self.manager.state.load().failed
             due = {
                 model: release

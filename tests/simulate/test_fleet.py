@@ -4,6 +4,8 @@ TLS and ACLs, signed desired state verified on each device, reports ingested by 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -25,12 +27,12 @@ from tests.hub_broker.conftest import tls_client
 MODEL = "chat"
 
 
-def _rows(hub: SimulationHub, table: type) -> list:  # type: ignore[type-arg]
+def _rows(hub: SimulationHub, table: type[Any]) -> list[Any]:
     with Session(hub.engine) as db:
         return list(db.exec(select(table)).all())
 
 
-def _wait(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(condition: Callable[[], object], timeout_s: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
@@ -123,7 +125,10 @@ def test_an_offline_device_catches_up_and_a_late_report_arrives(hub: SimulationH
         assert fleet.devices[away].last_sequence == 0
         fleet.connect([away])  # the retained state waits on the broker
         fleet.wait_sequence({away: 1})
-        reported = lambda: {r.device_id for r in _rows(hub, ReportedModelState)}  # noqa: E731
+
+        def reported() -> set[str]:
+            return {r.device_id for r in _rows(hub, ReportedModelState)}
+
         assert _wait(lambda: reported() == {away, ids[2]})
         fleet.hold_reports([late], hold=False)
         assert _wait(lambda: len(_rows(hub, ReportedModelState)) == 3)
