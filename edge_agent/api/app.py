@@ -132,9 +132,11 @@ def create_app(
         messages = [m.to_runtime() for m in body.messages]
         prompt = tools.prompt(model, messages) if tools else model.chat_prompt(messages)
         prompt_ids = model.encode(prompt)
+        n = body.choices(service.limits.max_batch_size)
         gen = Generation(
-            service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals, usage, tools
+            service, "chat", prompt_ids, params, metrics, ChatShape, request, arrivals, usage
         )
+        gen.tool_plan, gen.n = tools, n
         if body.stream:
             return gen.stream(body.include_usage)
         return await gen.respond()
@@ -160,6 +162,7 @@ def create_app(
         gen = Generation(
             service, "completions", prompt_ids, params, metrics, TextShape, request, arrivals, usage
         )
+        gen.n = body.choices(service.limits.max_batch_size)
         if body.stream:
             return gen.stream(body.include_usage)
         return await gen.respond()

@@ -6,6 +6,7 @@ Chat and text completions differ only in how chunks look; `Shape` is that differ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -22,6 +23,7 @@ from edge_agent.api.metrics import Metrics
 from edge_agent.api.tools import CallStream, ToolPlan, parse_calls
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.runtime import (
+    Event,
     Finished,
     FinishReason,
     Overloaded,
@@ -57,6 +59,7 @@ class Generation:
     arrivals: Arrivals
     recorder: UsageRecorder  # anonymous telemetry
     tool_plan: ToolPlan | None = None  # chat with tools: calls are read from the answer
+    n: int = 1  # choices: sequences sampled together, one batch
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -64,16 +67,31 @@ class Generation:
         self.created = int(time.time())
         self.first_token_at: float | None = None
 
-    def start(self) -> tuple[Submission, AsyncSink]:
-        sink = AsyncSink()
+    def start(self) -> list[tuple[Submission, AsyncSink]]:
+        """Submit the `n` sequences; they arrive together, so they decode as one batch."""
+        started: list[tuple[Submission, AsyncSink]] = []
         self.arrivals.end(self.request.scope)  # it reaches the scheduler now
         try:
-            return self.service.submit(self.prompt_ids, self.params, sink), sink
+            for index in range(self.n):
+                sink = AsyncSink()
+                started.append(
+                    (self.service.submit(self.prompt_ids, self._params(index), sink), sink)
+                )
         except Overloaded:
             self.recorder.rejected(self.service)
+            for sub, _ in started:
+                sub.cancel()
             raise
         finally:
             self.arrivals.settle(self.request.scope)  # queued: a retiring version may drain
+        return started
+
+    def _params(self, index: int) -> SamplingParams:
+        """Choice i of a seeded request samples with seed + i: n copies would be alike."""
+        seed = self.params.seed
+        if index == 0 or seed is None:
+            return self.params
+        return dataclasses.replace(self.params, seed=(seed + index) % 2**31)
 
     def _observe_delta(self) -> None:
         if self.first_token_at is None:
@@ -86,14 +104,32 @@ class Generation:
         self.metrics.request_seconds.labels(self.endpoint).observe(now - self.started)
         self.metrics.tokens.labels("prompt").inc(done.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(done.completion_tokens)
-        if done.cache_lookup:
-            result = "hit" if done.cached_tokens else "miss"
-            self.metrics.prompt_cache_lookups.labels(result).inc()
-            self.metrics.prompt_cache_reused_tokens.inc(done.cached_tokens)
         if self.first_token_at is not None and done.completion_tokens > 1:
             per_token = (now - self.first_token_at) / (done.completion_tokens - 1)
             self.metrics.token_seconds.observe(per_token)
         self.recorder.finished(self.service, done, self.started, self.first_token_at, now)
+
+    def _observe_cache(self, done: Finished) -> None:
+        if done.cache_lookup:
+            result = "hit" if done.cached_tokens else "miss"
+            self.metrics.prompt_cache_lookups.labels(result).inc()
+            self.metrics.prompt_cache_reused_tokens.inc(done.cached_tokens)
+
+    def _settle(self, done: list[Finished]) -> tuple[Finished, ApiError | None]:
+        """The request's outcome once every choice has finished: one Finished for the
+        metrics, the prompt counted once and the choices' completions added up."""
+        for item in done:
+            self._observe_cache(item)
+        failure = next(
+            (f for f in (_failure(d, self.tool_plan is not None) for d in done) if f), None
+        )
+        total = dataclasses.replace(
+            done[0],
+            completion_tokens=sum(d.completion_tokens for d in done),
+            cached_tokens=max(d.cached_tokens for d in done),
+        )
+        self._observe_finish(total, failure.status if failure else 200)
+        return total, failure
 
     def usage(self, done: Finished) -> dict[str, Any]:
         return {
@@ -106,81 +142,136 @@ class Generation:
     # --- streaming -----------------------------------------------------------------------
 
     def stream(self, include_usage: bool) -> StreamingResponse:
-        sub, sink = self.start()
+        started = self.start()
         shape = self.shape(self.id, self.service.name, self.created)
         return StreamingResponse(
-            self._sse(sub, sink, shape, include_usage),
+            self._sse(started, shape, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _sse(
-        self, sub: Submission, sink: AsyncSink, shape: Shape, include_usage: bool
+        self, started: list[tuple[Submission, AsyncSink]], shape: Shape, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        calls = CallStream() if self.tool_plan is not None else None
+        def chunk(index: int, text: str | None, finish: str | None, first: bool) -> bytes:
+            return _sse(_at(shape.chunk(text, finish, first), index))
+
+        calls = [CallStream() if self.tool_plan is not None else None for _ in started]
+        done: list[Finished] = []
         try:
             if shape.opens_with_role:
-                yield _sse(shape.chunk(None, None, True))
-            async for event in sink:
+                for index in range(len(started)):
+                    yield chunk(index, None, None, True)
+            async for index, event in _merged([sink for _, sink in started]):
+                reader = calls[index]
                 if isinstance(event, TextDelta):
                     self._observe_delta()
-                    text = calls.feed(event.text) if calls is not None else event.text
+                    text = reader.feed(event.text) if reader is not None else event.text
                     if text:
-                        yield _sse(shape.chunk(text, None, False))
+                        yield chunk(index, text, None, False)
                     continue
-                failure = _failure(event, self.tool_plan is not None)
-                self._observe_finish(event, failure.status if failure else 200)
+                done.append(event)
+                if _failure(event) is None:
+                    finish = event.reason.value
+                    if reader is not None:
+                        made, held = reader.finish()
+                        if held:
+                            yield chunk(index, held, None, False)
+                        if made:
+                            tool_chunk = _at(shape.chunk(None, None, False), index)
+                            yield _sse(_tool_calls_chunk(tool_chunk, made))
+                            finish = "tool_calls"
+                    yield chunk(index, None, finish, False)
+                if len(done) < len(started) and _failure(event) is None:
+                    continue
+                total, failure = self._settle(done)
                 if failure is not None:
                     yield sse_error(failure)
                     return
-                finish = event.reason.value
-                if calls is not None:
-                    made, held = calls.finish()
-                    if held:
-                        yield _sse(shape.chunk(held, None, False))
-                    if made:
-                        yield _sse(_tool_calls_chunk(shape.chunk(None, None, False), made))
-                        finish = "tool_calls"
-                yield _sse(shape.chunk(None, finish, False))
                 if include_usage:
                     usage = shape.chunk(None, None, False)
                     usage["choices"] = []
-                    usage["usage"] = self.usage(event)
+                    usage["usage"] = self.usage(total)
                     yield _sse(usage)
             yield b"data: [DONE]\n\n"
         finally:
-            sub.cancel()  # a client that went away frees its slot at once
+            for sub, _ in started:
+                sub.cancel()  # a client that went away frees its slots at once
 
     # --- one body ------------------------------------------------------------------------
 
     async def respond(self) -> JSONResponse:
-        sub, sink = self.start()
-        watcher = asyncio.create_task(_cancel_on_disconnect(self.request, sub))
-        parts: list[str] = []
+        started = self.start()
+        watchers = [
+            asyncio.create_task(_cancel_on_disconnect(self.request, sub)) for sub, _ in started
+        ]
+        parts: list[list[str]] = [[] for _ in started]
+        done: dict[int, Finished] = {}
         try:
-            async for event in sink:
+            async for index, event in _merged([sink for _, sink in started]):
                 if isinstance(event, TextDelta):
                     self._observe_delta()
-                    parts.append(event.text)
+                    parts[index].append(event.text)
                     continue
-                failure = _failure(event, self.tool_plan is not None)
-                self._observe_finish(event, failure.status if failure else 200)
+                done[index] = event
+                if len(done) < len(started) and _failure(event) is None:
+                    continue
+                total, failure = self._settle(list(done.values()))
                 if failure is not None:
                     raise failure
                 shape = self.shape(self.id, self.service.name, self.created)
-                text = "".join(parts)
-                body = shape.full(text, event.reason.value)
-                made = parse_calls(text) if self.tool_plan is not None else None
-                if made:
-                    choice = body["choices"][0]
-                    choice["message"].update(content=None, tool_calls=made)
-                    choice["finish_reason"] = "tool_calls"
-                body["usage"] = self.usage(event)
+                choices = [
+                    self._choice(shape, index, "".join(parts[index]), done[index])
+                    for index in range(len(started))
+                ]
+                body = shape.full("", "stop")
+                body["choices"] = choices
+                body["usage"] = self.usage(total)
                 return JSONResponse(body)
         finally:
-            watcher.cancel()
-            sub.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+            for sub, _ in started:
+                sub.cancel()
         raise ApiError(500, "generation ended without a result", type_="server_error")
+
+    def _choice(self, shape: Shape, index: int, text: str, done: Finished) -> dict[str, Any]:
+        choice: dict[str, Any] = shape.full(text, done.reason.value)["choices"][0]
+        choice["index"] = index
+        made = parse_calls(text) if self.tool_plan is not None else None
+        if made:
+            choice["message"].update(content=None, tool_calls=made)
+            choice["finish_reason"] = "tool_calls"
+        return choice
+
+
+async def _merged(sinks: list[AsyncSink]) -> AsyncIterator[tuple[int, Event]]:
+    """Every sink's events, tagged with the sink's index, as they come."""
+    if len(sinks) == 1:
+        async for event in sinks[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+    async def pump(index: int, sink: AsyncSink) -> None:
+        async for event in sink:
+            await queue.put((index, event))
+
+    tasks = [asyncio.create_task(pump(i, sink)) for i, sink in enumerate(sinks)]
+    try:
+        remaining = len(sinks)
+        while remaining:
+            index, event = await queue.get()
+            remaining -= isinstance(event, Finished)
+            yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _at(chunk: dict[str, Any], index: int) -> dict[str, Any]:
+    chunk["choices"][0]["index"] = index
+    return chunk
 
 
 # onnxruntime-genai's message when llguidance refuses a response_format's JSON schema:

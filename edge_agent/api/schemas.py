@@ -118,7 +118,6 @@ class ResponseFormat(_Strict):
 
 # Fields OpenAI defines that this server does not implement, with the value that means "off".
 _NEUTRAL: dict[str, Any] = {
-    "n": 1,
     "best_of": 1,
     "presence_penalty": 0,
     "frequency_penalty": 0,
@@ -177,6 +176,13 @@ class _GenerationRequest(_Strict):
                 raise InvalidRequest(
                     name, _UNSUPPORTED.get(name, f"{name} is not supported by this server; omit it")
                 )
+
+    def choices(self, max_batch: int) -> int:
+        """How many choices (`n`): sampled together, so at most one batch's worth."""
+        n = 1 if self.n is None else self.n
+        if not 1 <= n <= max_batch:
+            raise InvalidRequest("n", f"n must be between 1 and {max_batch} on this agent")
+        return n
 
     def sampling(self, json_schema: str | None = None) -> SamplingParams:
         self._check_neutral()

@@ -115,7 +115,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
         ({"temperature": 5}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"top_p": 0}, "top_p"),
-        ({"n": 3}, "n"),
+        ({"n": 9}, "n"),  # more choices than one batch holds
         ({"presence_penalty": 1.0}, "presence_penalty"),
         ({"max_tokens": 5000}, "messages"),
     ],
