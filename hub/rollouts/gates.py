@@ -156,10 +156,13 @@ def health_gates(
     if new is None or old is None:
         which = "the new release" if new is None else "the release it replaces"
         return [
-            GateValue(name, None, threshold, Verdict.INCONCLUSIVE, f"{which}: too few devices")
+            GateValue(
+                name.removeprefix("max_"),  # each gate is named as its field, less max_
+                None, threshold, Verdict.INCONCLUSIVE, f"{which}: too few devices",
+            )
             for name, threshold in gates.model_dump().items()
             if threshold is not None
-        ]
+        ]  # fmt: skip
     found = [
         _compare(
             "error_rate_increase", new.error_rate, old.error_rate,

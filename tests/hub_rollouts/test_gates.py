@@ -86,6 +86,7 @@ def test_suppressed_telemetry_is_inconclusive_never_pass() -> None:
     for new, old in [(None, OLD), (OLD, None), (None, None)]:
         values = health_gates(new, old, HEALTH)
         assert {v.verdict for v in values} == {Verdict.INCONCLUSIVE}
+        assert [v.gate for v in values] == [v.gate for v in health_gates(OLD, OLD, HEALTH)]
         assert decide(values, True) is Verdict.INCONCLUSIVE
     assert health_gates(None, None, HealthGates()) == []  # no health gates asked for
 
