@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ from edge_agent.protocol.bundle import (
     REPOSITORY_DIR,
     Authorisation,
     AuthorisationRefused,
+    BundleFile,
     offline_role,
     verify_authorisation,
 )
@@ -47,6 +50,7 @@ from edge_agent.updates.stick import StickRefused, copy_verified, read_capped
 
 STAGING_DIR = "import-staging"
 TIME_FLOOR_FILE = "offline-time.json"
+COPY_THREADS = 3
 
 
 @dataclass
@@ -139,16 +143,30 @@ def _copy_to_staging(
     total = authorisation.total_bytes()
     capacity.check_space(staging, total, "copy the USB bundle to staging")
     done = 0
+    lock = threading.Lock()
 
     def step(size: int) -> None:
         nonlocal done
-        done += size
-        if progress is not None:
-            progress(done, total)
+        with lock:
+            done += size
+            if progress is not None:
+                progress(done, total)
 
-    for entry in authorisation.files:
+    def copy(entry: BundleFile) -> None:
         copy_verified(source, entry.path, staging, entry.size, entry.sha256, step)
         faults.checkpoint("staged-file")
+
+    # Files are hashed while copied; a few at once keep a USB 3 stick busy while one is
+    # hashed (sha256 releases the GIL). The first refusal stops the rest.
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        futures = [pool.submit(copy, entry) for entry in authorisation.files]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     timestamp = staging / "metadata" / "timestamp.json"
     if (
         not timestamp.is_file()
