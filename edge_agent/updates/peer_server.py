@@ -195,7 +195,8 @@ def peer_server(
         host=host,
         port=port,
         log_level="warning",
-        limit_concurrency=max_connections,
+        # uvicorn counts the asking connection too: N + 1 serves N at once.
+        limit_concurrency=max_connections + 1,
         timeout_keep_alive=15,
     )
     config.load()

@@ -36,10 +36,12 @@ def chunk_gets(recorder: Recorder) -> list[str]:
 class PeerThread:
     """An ASGI app behind the fleet's mutual TLS (peer_server), in a thread, recorded."""
 
-    def __init__(self, app: Any, tls: FleetTls) -> None:
+    def __init__(self, app: Any, tls: FleetTls, *, max_connections: int = 32) -> None:
         self.recorder = Recorder(app)
         self.port = free_port()
-        self.server = peer_server(self.recorder, tls, host="127.0.0.1", port=self.port)
+        self.server = peer_server(
+            self.recorder, tls, host="127.0.0.1", port=self.port, max_connections=max_connections
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

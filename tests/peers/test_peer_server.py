@@ -174,3 +174,23 @@ def test_a_chunk_damaged_on_the_holder_s_disk_is_not_passed_on(
     )
     assert status_of(answer) == 404
     assert hashlib.sha256(bytes(damaged[: first.size])).hexdigest() != first.sha256
+
+
+def test_connections_beyond_the_bound_get_503(site: Site) -> None:
+    """One connection held open (idle, after its handshake) fills a server bounded at one:
+    the next device is told to come back (503) instead of queueing without end."""
+    holder, client = site.device("dev-a"), site.device("dev-b")
+    holder.import_stick(site.stick)
+    sha, data = a_chunk(site)
+    with PeerThread(create_app(holder.store), holder.tls, max_connections=1) as peer:
+        context = client_context(client.tls)
+        with (
+            socket.create_connection(("127.0.0.1", peer.port), timeout=10) as plain,
+            context.wrap_socket(plain) as held,
+        ):
+            held.sendall(b"GET /chunks/00/" + b"0" * 64 + b" HTTP/1.1\r\nHost: peer\r\n\r\n")
+            assert held.recv(65536).startswith(b"HTTP/1.1 404")  # served; kept alive
+            answer = raw_get(peer.port, f"/chunks/{sha[:2]}/{sha}", client.tls)
+        assert status_of(answer) == 503 and data[:64] not in answer
+        after = raw_get(peer.port, f"/chunks/{sha[:2]}/{sha}", client.tls)
+    assert status_of(after) == 200 and after.endswith(data)
