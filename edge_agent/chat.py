@@ -24,7 +24,15 @@ class ChatSession:
     def __init__(self, service: ModelService, system: str | None = None) -> None:
         self.service = service
         self.name = service.name
-        self.history: list[ChatMessage] = [ChatMessage("system", system)] if system else []
+        self.system = system
+        self.history: list[ChatMessage] = []  # the turns so far, without the system prompt
+
+    def clear(self) -> None:
+        """Forget the conversation; the system prompt stays."""
+        self.history = []
+
+    def set_system(self, text: str) -> None:
+        self.system = text
 
     @classmethod
     def open(cls, service: ModelService, system: str | None = None) -> ChatSession:
@@ -50,7 +58,8 @@ class ChatSession:
     ) -> Finished:
         model, _ = self.service.require()
         turn = [*self.history, ChatMessage("user", text)]
-        prompt = text if raw else model.chat_prompt(turn)
+        system = [ChatMessage("system", self.system)] if self.system else []
+        prompt = text if raw else model.chat_prompt([*system, *turn])
         sink = QueueSink()
         try:
             submission = self.service.submit(model.encode(prompt), params, sink)
