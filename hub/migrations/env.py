@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
+from hub.console import models as _console_tables  # noqa: F401  (on METADATA)
 from hub.fleet.models import METADATA
 from hub.rollouts import models as _rollout_tables  # noqa: F401  (on METADATA)
 from hub.telemetry import models as _telemetry_tables  # noqa: F401  (on METADATA)
