@@ -74,6 +74,15 @@ def idle(count: int) -> Callable[[str], bool]:
     return check
 
 
+def answering(count: int) -> Callable[[str], bool]:
+    """An answer has begun after the `count`-th prompt, and no prompt followed it yet."""
+
+    def check(screen: str) -> bool:
+        return bool(re.search(r"^model> \S", screen, re.MULTILINE)) and prompts(screen) == count
+
+    return check
+
+
 @pytest.fixture
 def chat(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Terminal]:
     command = (
@@ -113,10 +122,7 @@ def test_chat_in_a_terminal(chat: Terminal) -> None:
         before = prompts(chat.wait(idle(before + 1), "the conversation cleared"))
         chat.type(f"tell me more {attempt}")
         chat.keys("Enter")
-        chat.wait(
-            lambda s, n=before: bool(re.search(r"^model> \S", s, re.MULTILINE)) and prompts(s) == n,
-            "an answer beginning",
-        )
+        chat.wait(answering(before), "an answer beginning")
         chat.keys("C-c")
         screen = chat.wait(idle(before + 1), "a prompt after Ctrl-C")
         if "[stopped" in screen:
