@@ -49,7 +49,7 @@ def add(
             _fail(str(exc))
     typer.echo(f"user {name} ({role}) created", err=True)
     if chosen is None:
-        typer.echo(f"one-time password (shown once, changed at the first login): {made}", err=True)
+        typer.echo("one-time password below (shown once, changed at the first login)", err=True)
         typer.echo(made)
 
 
@@ -72,7 +72,7 @@ def passwd(
             _fail(str(exc))
     typer.echo(f"password of {name} reset; its sessions ended", err=True)
     if chosen is None:
-        typer.echo(f"one-time password (shown once, changed at the first login): {made}", err=True)
+        typer.echo("one-time password below (shown once, changed at the first login)", err=True)
         typer.echo(made)
 
 
