@@ -10,10 +10,11 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -31,6 +32,7 @@ from edge_agent.runtime import (
     Submission,
     TextDelta,
 )
+from edge_agent.runtime.scheduler import TokenLogprob
 from edge_agent.runtime.service import ModelService
 from edge_agent.runtime.sinks import AsyncSink
 
@@ -167,7 +169,11 @@ class Generation:
                 if isinstance(event, TextDelta):
                     self._observe_delta()
                     text = reader.feed(event.text) if reader is not None else event.text
-                    if text:
+                    if event.logprobs:
+                        piece = _at(shape.chunk(text, None, False), index)
+                        piece["choices"][0]["logprobs"] = self._logprobs(event.logprobs)
+                        yield _sse(piece)
+                    elif text:
                         yield chunk(index, text, None, False)
                     continue
                 done.append(event)
@@ -206,12 +212,14 @@ class Generation:
             asyncio.create_task(_cancel_on_disconnect(self.request, sub)) for sub, _ in started
         ]
         parts: list[list[str]] = [[] for _ in started]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in started]
         done: dict[int, Finished] = {}
         try:
             async for index, event in _merged([sink for _, sink in started]):
                 if isinstance(event, TextDelta):
                     self._observe_delta()
                     parts[index].append(event.text)
+                    logprobs[index].extend(event.logprobs)
                     continue
                 done[index] = event
                 if len(done) < len(started) and _failure(event) is None:
@@ -224,6 +232,9 @@ class Generation:
                     self._choice(shape, index, "".join(parts[index]), done[index])
                     for index in range(len(started))
                 ]
+                if self.params.logprobs is not None:
+                    for choice, tokens in zip(choices, logprobs, strict=True):
+                        choice["logprobs"] = self._logprobs(tokens)
                 body = shape.full("", "stop")
                 body["choices"] = choices
                 body["usage"] = self.usage(total)
@@ -234,6 +245,20 @@ class Generation:
             for sub, _ in started:
                 sub.cancel()
         raise ApiError(500, "generation ended without a result", type_="server_error")
+
+    def _logprobs(self, tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's chat logprobs: each token's text, bytes and log probability."""
+        model = self.service.require()[0]
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            text = model.tokenizer.decode(np.asarray([token], dtype=np.int32))
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        content = [
+            {**entry(t.token, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
+            for t in tokens
+        ]
+        return {"content": content, "refusal": None}
 
     def _choice(self, shape: Shape, index: int, text: str, done: Finished) -> dict[str, Any]:
         choice: dict[str, Any] = shape.full(text, done.reason.value)["choices"][0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -138,6 +138,7 @@ _UNSUPPORTED = {
 
 
 class _GenerationRequest(_Strict):
+    _implemented: ClassVar[frozenset[str]] = frozenset()  # fields of _NEUTRAL served here
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
@@ -171,6 +172,8 @@ class _GenerationRequest(_Strict):
 
     def _check_neutral(self) -> None:
         for name, neutral in _NEUTRAL.items():
+            if name in self._implemented:
+                continue
             value = getattr(self, name, None)
             if value is not None and value != neutral and value is not False:
                 raise InvalidRequest(
@@ -204,6 +207,7 @@ class _GenerationRequest(_Strict):
 
 
 class ChatCompletionRequest(_GenerationRequest):
+    _implemented: ClassVar[frozenset[str]] = frozenset({"logprobs", "top_logprobs"})
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = None
     response_format: ResponseFormat | None = None
@@ -236,10 +240,14 @@ class ChatCompletionRequest(_GenerationRequest):
                 "response_format and tools cannot both shape one answer: send tool_choice "
                 "none, or describe the answer as a tool",
             )
-        params = self.sampling(schema)
-        if tool_grammar is None:
-            return params
-        return dataclasses.replace(params, lark_grammar=tool_grammar)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs", "top_logprobs needs logprobs: true")
+        params = dataclasses.replace(
+            self.sampling(schema),
+            lark_grammar=tool_grammar,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+        )
+        return params
 
 
 class CompletionRequest(_GenerationRequest):

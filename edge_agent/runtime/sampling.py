@@ -8,6 +8,7 @@ from edge_agent.runtime.errors import InvalidRequest
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
+MAX_TOP_LOGPROBS = 20  # as OpenAI
 BatchKey = tuple[object, ...]
 
 
@@ -24,6 +25,7 @@ class SamplingParams:
     json_schema: str | None = None
     lark_grammar: str | None = None  # llguidance's Lark dialect: tool calls
     ignore_eos: bool = False  # generate exactly max_tokens: for benchmarks
+    logprobs: int | None = None  # None: off; else how many alternatives per token (0-20)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -34,6 +36,10 @@ class SamplingParams:
             raise InvalidRequest("top_p", "top_p must be greater than 0 and at most 1")
         if not 0 <= self.top_k < 2**31:  # onnxruntime-genai takes a 32-bit int
             raise InvalidRequest("top_k", "top_k must be between 0 (off) and 2147483647")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(
+                "top_logprobs", f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"
+            )
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise InvalidRequest("seed", "seed must be between 0 and 2147483647")
         if len(self.stop) > MAX_STOP_STRINGS:

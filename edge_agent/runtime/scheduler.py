@@ -52,8 +52,18 @@ class FinishReason(StrEnum):
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability under the model, and the likeliest tokens."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind `text`, when asked for
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class _Sequence:
         self.sent_text = False
         self.done = False
         self.reason: FinishReason | None = None
+        self.logprobs: list[TokenLogprob] = []  # not yet sent with a text delta
 
 
 class _Group:
@@ -330,6 +341,8 @@ class Scheduler:
             self._finish_all(group, FinishReason.ERROR, str(exc))
             self._end_group(group)
             return
+        if any(s.sub.params.logprobs is not None for s in group.live):
+            self._note_logprobs(group, tokens)
         for seq, token in zip(group.seqs, tokens, strict=True):
             if not seq.done:
                 self._advance(seq, int(token))
@@ -338,14 +351,24 @@ class Scheduler:
         if not group.live:
             self._end_group(group)
 
+    def _note_logprobs(self, group: _Group, tokens: Any) -> None:
+        logits = np.asarray(group.generator.get_logits(), dtype=np.float32)
+        logits = logits.reshape(len(group.seqs), -1)
+        for row, (seq, token) in enumerate(zip(group.seqs, tokens, strict=True)):
+            top = seq.sub.params.logprobs
+            if not seq.done and top is not None:
+                seq.logprobs.append(_token_logprob(logits[row], int(token), top))
+
     def _advance(self, seq: _Sequence, token: int) -> None:
         seq.completion_tokens += 1
         if token in self.model.eos_token_ids and not seq.sub.params.ignore_eos:
+            if seq.logprobs:
+                seq.logprobs.pop()  # the end of the text is no token of it
             self._finish(seq, FinishReason.STOP)
             return
         text = seq.stops.feed(seq.stream.decode(token))
         if text:
-            self._deliver(seq.sub, TextDelta(text))
+            self._deliver(seq.sub, TextDelta(text, _taken(seq.logprobs)))
             if not seq.sent_text:
                 seq.sent_text = True
                 seq.sub.sink.wait_taken(FIRST_TEXT_HANDOFF_SECONDS)
@@ -357,8 +380,8 @@ class Scheduler:
     def _finish(self, seq: _Sequence, reason: FinishReason, error: str | None = None) -> None:
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
             tail = seq.stops.flush()
-            if tail:
-                self._deliver(seq.sub, TextDelta(tail))
+            if tail or seq.logprobs:
+                self._deliver(seq.sub, TextDelta(tail, _taken(seq.logprobs)))
         seq.done = True
         seq.reason = reason
         with self._cond:
@@ -385,6 +408,22 @@ class Scheduler:
             log.exception("dropping an event for a consumer that failed")
         if isinstance(event, Finished) and self._on_finish is not None:
             self._on_finish(sub, event)
+
+
+def _token_logprob(logits: Any, token: int, top: int) -> TokenLogprob:
+    """Log-softmax over the vocabulary: the chosen token's value and the `top` best."""
+    shifted = logits - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=np.int64)
+    best = best[np.argsort(-logprobs[best])]
+    alternatives = tuple((int(i), float(logprobs[i])) for i in best)
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+def _taken(pending: list[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    taken = tuple(pending)
+    pending.clear()
+    return taken
 
 
 def _batches(subs: Sequence[Submission], max_batch: int, context: int) -> list[list[Submission]]:
