@@ -13,7 +13,7 @@ from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 
-from edge_agent import __version__, logs
+from edge_agent import __version__, help_text, logs
 from edge_agent.tomlconfig import ConfigError
 
 Config = TypeVar("Config")
@@ -26,6 +26,7 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="debug logg
 
 class Program(Generic[Config]):
     def __init__(self, name: str, help: str, load: Callable[[Path | None], Config]) -> None:
+        help_text.apply()
         self.name = name
         self._load = load
         self._config: Config | None = None

@@ -102,6 +102,10 @@ def _describe(exc: ValidationError, source: str, overrides: Overrides) -> str:
         where = source
         if len(loc) >= 2 and (loc[0], loc[1]) in overrides:
             where = f"environment variable {overrides[(loc[0], loc[1])][1]}"
+        elif len(loc) == 1:  # a whole section: blame the variables that made it
+            named = sorted(var for (section, _), (_, var) in overrides.items() if section == loc[0])
+            if named:
+                where = "environment variable " + ", ".join(named)
         problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{where}: {key}: {problem}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

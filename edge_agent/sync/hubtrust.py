@@ -72,11 +72,15 @@ def fetch_pinned_ca(hub_url: str, fingerprint: str, *, timeout_s: float) -> x509
         reply = httpx.get(url, verify=unverified, timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise HubNotTrusted(
-            f"cannot reach the hub at {url}: {exc}; check the address and that "
+            _not_a_hub(hub_url, timeout_s)
+            or f"cannot reach the hub at {url}: {exc}; check the address and that "
             "`edge-hub serve` runs there with TLS"
         ) from None
     if reply.status_code != 200 or len(reply.content) > MAX_PEM_CHARS:
-        raise HubNotTrusted(f"{url} answered HTTP {reply.status_code}, not the hub's CA")
+        raise HubNotTrusted(
+            f"{url} answered HTTP {reply.status_code}, not the hub's CA: is {hub_url} the "
+            "address `edge-hub serve` printed (https://HOST:8070 by default)?"
+        )
     try:
         ca = x509.load_pem_x509_certificate(reply.content)
     except ValueError:
@@ -91,6 +95,25 @@ def fetch_pinned_ca(hub_url: str, fingerprint: str, *, timeout_s: float) -> x509
     if not _is_ca(ca):
         raise HubNotTrusted(f"the certificate at {url} is not a CA certificate")
     return ca
+
+
+def _not_a_hub(hub_url: str, timeout_s: float) -> str | None:
+    """Why TLS failed, when the address is a plain HTTP server (an edge-agent's API, most
+    often: its port is the one an operator has at hand). Asks only for the agent's
+    public health check; None when nothing plain answers there."""
+    plain = "http://" + hub_url.removeprefix("https://").rstrip("/")
+    try:
+        health = httpx.get(plain + "/healthz", timeout=timeout_s)
+    except httpx.HTTPError:
+        return None
+    hint = "use the hub's address that `edge-hub serve` printed (https://HOST:8070 by default)"
+    try:
+        agent = health.json() == {"status": "ok"}
+    except ValueError:
+        agent = False
+    if agent:
+        return f"{hub_url} is an edge-agent's API (plain HTTP), not the hub: {hint}"
+    return f"{hub_url} answers plain HTTP, not the hub's TLS: {hint}"
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
