@@ -174,6 +174,9 @@ def usb_export(
     full: Annotated[bool, typer.Option(help="carry every chunk, whatever devices hold")] = False,
     days: Annotated[int, typer.Option(help="validity of the authorisation (at most 90)")] = 30,
     bundle_passphrase_file: Annotated[Path | None, typer.Option()] = None,
+    receipts: Annotated[
+        Path | None, typer.Option(help="receipts folder of `edge-hub import` to carry back")
+    ] = None,
 ) -> None:
     """Write the releases, only the chunks the site lacks, and a signed authorisation."""
     from tuf.api.metadata import Metadata, Root
@@ -228,6 +231,7 @@ def usb_export(
                 held=held,
                 validity=timedelta(days=days),
                 progress=progress,  # type: ignore[arg-type]
+                receipts_dir=receipts.expanduser() if receipts else None,
             )
     except (CeremonyError, ExportError, OSError, ValueError) as exc:
         _fail(str(exc))

@@ -40,6 +40,7 @@ from edge_agent.protocol.bundle import (
     AUTHORISATION_FILE,
     BUNDLE_DIR,
     DEFAULT_VALIDITY,
+    RECEIPTS_DIR,
     REPOSITORY_DIR,
     Authorisation,
     BundleFile,
@@ -112,9 +113,10 @@ def export_bundle(
     validity: timedelta = DEFAULT_VALIDITY,
     now: datetime | None = None,
     progress: Progress | None = None,
+    receipts_dir: Path | None = None,
 ) -> ExportSummary:
     """Write `stick`/edge-bundle/ for `devices`; `held`: device id -> (model, version) it
-    holds (from its last report)."""
+    holds (from its last report); `receipts_dir`: where `edge-hub import` keeps receipts."""
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     metadata = repository / METADATA_DIR
     names, timestamp, root = _current_metadata(metadata)
@@ -159,6 +161,12 @@ def export_bundle(
             holds = held_chunks(m for pair in pairs if (m := manifest_of(*pair)))
             wanted.update({sha: size for sha, size in chunks.items() if sha not in holds})
     plan.extend((chunk_path(sha), repository / chunk_path(sha), sha) for sha in sorted(wanted))
+    # What `edge-hub import` stored from each device: signed with the bundle, so a device
+    # drops a message from its outbox only on the hub's word.
+    for device in sorted(set(devices)):
+        receipt = receipts_dir / f"{device}.json" if receipts_dir is not None else None
+        if receipt is not None and receipt.is_file():
+            plan.append((f"{RECEIPTS_DIR}/{device}.json", receipt, None))
 
     total = sum(source.stat().st_size for _rel, source, _sha in plan)
     files: list[BundleFile] = []

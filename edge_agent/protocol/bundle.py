@@ -7,8 +7,14 @@ Layout of a stick (PATH is the folder the operator names, usually the stick's mo
     PATH/edge-bundle/repository/targets/...      the release index and the named manifests
     PATH/edge-bundle/repository/chunks/<aa>/<sha256>   content-addressed chunks, only those
                                                  the named devices lack
-    PATH/edge-returns/<device-id>/<export-id>.json     what devices write back (signed by
-                                                 each device's key), read by `edge-hub import`
+    PATH/edge-bundle/repository/receipts/<device-id>.json   message ids the hub has stored
+                                                 (from an earlier stick): the device may drop them
+    PATH/edge-returns/devices/<device-id>/<export-id>.json  what a device writes back: state
+                                                 reports and install events, signed by its key
+    PATH/edge-returns/telemetry/<random>.json    its anonymous telemetry, unsigned and apart
+                                                 (the VOPRF token in each report vouches for it)
+    PATH/edge-enroll/requests/<device-id>.json   offline enrollment: CSR and token proof
+    PATH/edge-enroll/responses/<device-id>.json  the hub's answer (certificate, CA, root...)
 
 `repository/` is an ordinary release repository folder (edge_agent.protocol.layout): a
 device that imported it holds the chunks in its store under the same names, so a LAN peer
@@ -29,6 +35,8 @@ No I/O here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -37,12 +45,20 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature, Signer, SSlibKey
 
+from edge_agent.protocol.enrollment import EnrollmentResponse
 from edge_agent.protocol.layout import MODEL_NAME, SHA256_HEX, VERSION_TEXT
 
 BUNDLE_DIR = "edge-bundle"
 AUTHORISATION_FILE = "authorisation.json"
 REPOSITORY_DIR = "repository"
 RETURNS_DIR = "edge-returns"
+DEVICE_RETURNS_DIR = "devices"
+TELEMETRY_RETURNS_DIR = "telemetry"
+RECEIPTS_DIR = "receipts"
+ENROLL_DIR = "edge-enroll"
+MAX_ENROLL_FILE_BYTES = 4 * 1024 * 1024
+MAX_RETURN_BYTES = 256 * 1024 * 1024
+MAX_RETURN_MESSAGES = 200_000
 OFFLINE_ROLE_FIELD = "x-edge-offline-bundle"
 
 MAX_VALIDITY = timedelta(days=90)
@@ -53,7 +69,7 @@ MAX_FILE_BYTES = 4 * 1024**3
 MAX_DEVICES = 100_000
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
-_TOP_DIRS = ("metadata", "targets", "chunks")
+_TOP_DIRS = ("metadata", "targets", "chunks", "receipts")
 
 
 def _relative_path(value: str) -> str:
@@ -215,3 +231,89 @@ def verify_authorisation(data: bytes, role: OfflineRole) -> Authorisation:
         return Authorisation.model_validate(envelope.signed)
     except ValidationError as exc:
         raise AuthorisationRefused(f"the signed authorisation is malformed: {exc}") from exc
+
+
+class ReturnedMessage(BaseModel):
+    """One outbox message, as the link would have published it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: Annotated[str, Field(min_length=1, max_length=128)]
+    topic: Annotated[str, Field(min_length=1, max_length=512)]
+    payload: Annotated[str, Field(max_length=2 * 1024 * 1024)]  # base64
+
+
+class DeviceExport(BaseModel):
+    """The signed part of edge-returns/devices/<id>/<export-id>.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["edge-device-export"] = "edge-device-export"
+    device_id: DeviceId
+    export_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    created_at: datetime
+    messages: Annotated[list[ReturnedMessage], Field(max_length=MAX_RETURN_MESSAGES)]
+
+
+class SignedDeviceExport(BaseModel):
+    """The file: the export's canonical JSON signed (ECDSA P-256, SHA-256, base64) by the
+    device key, and the device certificate that the hub checks against its device CA."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signed: dict[str, Any]
+    signature: Annotated[str, Field(max_length=512)]
+    certificate: Annotated[str, Field(max_length=16 * 1024)]
+
+
+class TelemetryReturn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["edge-telemetry-return"] = "edge-telemetry-return"
+    messages: Annotated[list[ReturnedMessage], Field(max_length=MAX_RETURN_MESSAGES)]
+
+
+class Receipt(BaseModel):
+    """receipts/<device-id>.json: messages of that device the hub has stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: DeviceId
+    message_ids: Annotated[list[str], Field(max_length=10 * MAX_RETURN_MESSAGES)]
+
+
+def export_signing_bytes(signed: dict[str, Any]) -> bytes:
+    """What a device signs and the hub verifies: canonical JSON, as for authorisations."""
+    return _canonical(signed)
+
+
+class OfflineEnrollmentRequest(BaseModel):
+    """A device's enrollment by stick. `proof` shows the one-time token without carrying
+    it: HMAC-SHA256 keyed by the token's SHA-256 (what the hub stores) over the device id
+    and the CSR, so a copy of the stick cannot enroll another key with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: DeviceId
+    csr_pem: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+    proof: Sha256
+
+
+class OfflineEnrollmentResponse(BaseModel):
+    """The online answer, plus the hub's address for a later link and every root version
+    (a device that already trusts a root walks the chain to the hub's, offline)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    answer: EnrollmentResponse
+    hub_url: Annotated[str, Field(max_length=512)]
+    roots: Annotated[list[str], Field(min_length=1, max_length=64)]
+
+
+def enrollment_proof(token_sha256_hex: str, device_id: str, csr_pem: str) -> str:
+    message = f"{device_id}\n{csr_pem}".encode()
+    return hmac.new(token_sha256_hex.encode(), message, hashlib.sha256).hexdigest()
+
+
+def token_sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

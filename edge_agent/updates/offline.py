@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
 from tuf.api.metadata import Metadata, Root
 
 from edge_agent import faults
@@ -34,10 +35,12 @@ from edge_agent.protocol.bundle import (
     AUTHORISATION_FILE,
     BUNDLE_DIR,
     MAX_AUTHORISATION_BYTES,
+    RECEIPTS_DIR,
     REPOSITORY_DIR,
     Authorisation,
     AuthorisationRefused,
     BundleFile,
+    Receipt,
     offline_role,
     verify_authorisation,
 )
@@ -58,6 +61,10 @@ class ImportReport:
     authorisation: Authorisation
     outcomes: list[Outcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # model, version, why
+    # Messages of this device that the hub has stored (from an earlier export): the
+    # caller drops them from the outbox.
+    receipt_ids: list[str] = field(default_factory=list)
 
 
 def _trusted_root(trust_dir: Path) -> Root:
@@ -132,7 +139,9 @@ def import_bundle(
     try:
         _copy_to_staging(stick / BUNDLE_DIR / REPOSITORY_DIR, staging, authorisation, progress)
         _raise_time_floor(data_dir, authorisation.issued_at)
-        return _install(staging, manager, trust_dir, authorisation)
+        report = _install(staging, manager, trust_dir, authorisation)
+        report.receipt_ids = _receipt(staging, device_id)
+        return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -177,6 +186,19 @@ def _copy_to_staging(
         )
 
 
+def _receipt(staging: Path, device_id: str) -> list[str]:
+    path = staging / RECEIPTS_DIR / f"{device_id}.json"
+    if not path.is_file():
+        return []
+    try:
+        receipt = Receipt.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise StickRefused(f"the bundle's receipt for this device is malformed: {exc}") from None
+    if receipt.device_id != device_id:
+        raise StickRefused("the bundle's receipt names another device")
+    return receipt.message_ids
+
+
 def _install(
     staging: Path, manager: UpdateManager, trust_dir: Path, authorisation: Authorisation
 ) -> ImportReport:
@@ -192,4 +214,5 @@ def _install(
                 report.outcomes.append(manager.update(source, release.model, release.version))
             except UpdateError as exc:
                 report.errors.append(f"{release.model} {release.version}: {exc}")
+                report.failures.append((release.model, release.version, str(exc)))
     return report

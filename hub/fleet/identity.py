@@ -26,7 +26,7 @@ import hmac
 import ipaddress
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -549,6 +549,26 @@ class EnrollmentTokens:
             kept = {k: v for k, v in tokens.items() if v["device_id"] != device_id}
             _write_json(self.path, kept)
         return len(tokens) - len(kept)
+
+    @contextlib.contextmanager
+    def redeem_proof(self, device_id: str, proves: Callable[[str], bool]) -> Iterator[str]:
+        """As redeem, for a device that shows its token without sending it (offline
+        enrollment): `proves(token_sha256)` checks its proof against a stored token."""
+        with _locked(self.path.with_name(f".{self.path.name}.lock")):
+            tokens = _read_json(self.path)
+            now = _now()
+            for digest, entry in tokens.items():
+                if entry["device_id"] != device_id or not proves(digest):
+                    continue
+                if dt.datetime.fromisoformat(entry["expires_at"]) <= now:
+                    raise EnrollmentRefused("the enrollment token has expired")
+                yield device_id
+                del tokens[digest]
+                _write_json(self.path, self._prune(tokens))
+                return
+            raise EnrollmentRefused(
+                f"no unused enrollment token of {device_id} matches the request's proof"
+            )
 
     @contextlib.contextmanager
     def redeem(self, token: str) -> Iterator[str]:
