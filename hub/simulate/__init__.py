@@ -39,9 +39,9 @@ Public API::
     fleet.stop()                          # or `with SimulatedFleet(...) as fleet:`
 
 Device attributes a test may read (written only by the loop's thread): `last_sequence`,
-`verified_at` (time.monotonic()), `desired`, `refusals`, `sent` (every Envelope published),
-`waiting_for_window` (model -> version downloaded, waiting), `connected`, `subscribed`,
-`runtime.active`, `runtime.previous`.
+`verified_at` and `received_at` (time.monotonic()), `desired`, `refusals`, `sent` (every
+Envelope published), `waiting_for_window` (model -> version downloaded, waiting),
+`connected`, `subscribed`, `runtime.active`, `runtime.previous`.
 """
 
 from __future__ import annotations

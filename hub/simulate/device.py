@@ -88,6 +88,7 @@ class SimulatedDevice:
         # What the tests and the benchmark read (written in the loop's thread only).
         self.last_sequence = 0
         self.verified_at: float | None = None  # time.monotonic() of the last accepted state
+        self.received_at: float | None = None  # time.monotonic() of the last desired message
         self.desired: DesiredState | None = None
         self.refusals: list[str] = []  # why desired states were refused
         self.sent: list[Envelope] = []  # every message handed to the broker
@@ -208,6 +209,7 @@ class SimulatedDevice:
     # --- desired state -------------------------------------------------------------------
 
     def _on_message(self, _client: Client, _userdata: Any, message: MQTTMessage) -> None:
+        self.received_at = time.monotonic()
         try:
             envelope = decode(message.topic, bytes(message.payload))
             if not isinstance(envelope.payload, SignedDesired):
