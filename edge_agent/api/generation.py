@@ -122,11 +122,10 @@ class Generation:
         metrics, the prompt counted once and the choices' completions added up."""
         for item in done:
             self._observe_cache(item)
-        failure = next(
-            (f for f in (_failure(d, self.tool_plan is not None) for d in done) if f), None
-        )
+        failures = [(d, f) for d in done if (f := _failure(d, self.tool_plan is not None))]
+        base, failure = failures[0] if failures else (done[0], None)
         total = dataclasses.replace(
-            done[0],
+            base,
             completion_tokens=sum(d.completion_tokens for d in done),
             cached_tokens=max(d.cached_tokens for d in done),
         )
