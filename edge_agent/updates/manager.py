@@ -65,6 +65,7 @@ class UpdateManager:
         self.store = store
         self.state = StateFile(state_path)
         self.health_check = health_check
+        self._on_phase: Callable[[Phase], None] | None = None
 
     # --- deciding ------------------------------------------------------------------------
 
@@ -105,6 +106,17 @@ class UpdateManager:
         version: str | None = None,
         *,
         progress: Progress | None = None,
+        on_phase: Callable[[Phase], None] | None = None,
+    ) -> Outcome:
+        """`on_phase` hears each phase the update enters (a progress display names it)."""
+        self._on_phase = on_phase
+        try:
+            return self._update(source, model, version, progress)
+        finally:
+            self._on_phase = None
+
+    def _update(
+        self, source: ReleaseSource, model: str, version: str | None, progress: Progress | None
     ) -> Outcome:
         record = self._load()
         if record.phase is not Phase.IDLE:
@@ -329,4 +341,6 @@ class UpdateManager:
 
     def _save(self, record: UpdateRecord) -> UpdateRecord:
         self.state.save(record)
+        if self._on_phase is not None:
+            self._on_phase(record.phase)
         return record

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.updates.conftest import Fleet
@@ -60,3 +63,40 @@ def test_not_a_root_file(fleet: Fleet, tmp_path: Path) -> None:
 def test_update_needs_a_source_and_a_model(fleet: Fleet) -> None:
     assert "no update source" in agent(fleet, "update", "tiny").stderr
     assert "no model named" in agent(fleet, "update", "--from", "x").stderr
+
+
+def test_the_update_names_each_phase(fleet: Fleet) -> None:
+    phases: list[str] = []
+    fleet.manager().update(fleet.source(), "tiny", on_phase=phases.append)
+    entered = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert entered == ["downloading", "installing", "activating", "health_check", "idle"]
+
+
+def test_ctrl_c_during_an_update_says_how_to_resume(fleet: Fleet, tmp_path: Path) -> None:
+    fresh = Fleet(fleet.repo, tmp_path / "slow-device", fleet.model_dir, tmp_path)
+    assert agent(fresh, "trust", str(fleet.repo.trusted_root_path())).returncode == 0
+    env = {
+        **os.environ,
+        "EDGE_AGENT__STORE__DIR": str(fresh.device),
+        "EDGE_AGENT__UPDATES__BANDWIDTH_BYTES_PER_SECOND": "40000",  # 10 s for the tiny model
+    }
+    update = [str(BIN), "update", "tiny", "--from", str(fleet.repo.root)]
+    proc = subprocess.Popen(
+        update, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    chunks = fresh.device / "chunks"
+    deadline = time.monotonic() + 60
+    while not any(p.is_file() for p in chunks.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the download has begun once a chunk is on disk
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "update interrupted" in err and "run the same `edge-agent update` again" in err
+    assert "Traceback" not in err
+    env.pop("EDGE_AGENT__UPDATES__BANDWIDTH_BYTES_PER_SECOND")
+    again = subprocess.run(update, env=env, capture_output=True, text=True, timeout=120)
+    assert "tiny: 1.0.0 installed and active" in again.stdout, again.stderr
+    fetched = int(re.search(r"fetched (\d+) bytes", again.stdout)[1])  # type: ignore[index]
+    active = fresh.store.active("tiny")
+    assert active is not None
+    assert fetched < sum(active.manifest.unique_chunks().values())  # the rest was kept
