@@ -199,6 +199,23 @@ def mark_published(engine: Engine, device_id: str, sequence: int) -> None:
             db.add(record)
 
 
+def mark_published_many(engine: Engine, published: list[tuple[str, int]]) -> None:
+    """`mark_published` for many (device id, sequence) pairs, in one transaction."""
+    if not published:
+        return
+    at = _now()
+    with session(engine) as db:
+        for device_id, sequence in published:
+            db.execute(
+                update(DesiredRecord)
+                .where(
+                    col(DesiredRecord.device_id) == device_id,
+                    col(DesiredRecord.sequence) == sequence,
+                )
+                .values(published_at=at)
+            )
+
+
 def renew_expiring(
     engine: Engine,
     key: Ed25519PrivateKey,

@@ -2,16 +2,20 @@
 desired topic, so a device gets its newest state whenever it (re)connects.
 
 A state counts as published only once the broker acknowledged it (PUBACK); until then it
-stays pending in the database and the next round publishes it again.
+stays pending in the database and the next round publishes it again. A round hands the
+broker up to PUBLISH_BATCH states before waiting for their acknowledgements and records
+them in one transaction: waiting for each PUBACK and committing each row made a wave of
+1,000 devices take 4 s of round trips and fsyncs (bench/rollout.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine
@@ -23,6 +27,7 @@ from hub.fleet import desired
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+PUBLISH_BATCH = 1000  # states handed to paho before waiting for their PUBACKs
 
 
 class DesiredPublisher:
@@ -69,27 +74,44 @@ class DesiredPublisher:
     ) -> None:
         self._connected.clear()
 
-    def publish(self, signed_json: str, device_id: str) -> bool:
-        """Publish one signed state, retained; True once the broker acknowledged it."""
-        if not self._connected.is_set():
-            return False
+    def _send(self, signed_json: str, device_id: str) -> MQTTMessageInfo:
         envelope = Envelope.of(SignedDesired.model_validate_json(signed_json), device_id=device_id)
-        info = self.client.publish(topic_for(envelope), encode(envelope), qos=1, retain=True)
+        return self.client.publish(topic_for(envelope), encode(envelope), qos=1, retain=True)
+
+    @staticmethod
+    def _acknowledged(info: MQTTMessageInfo, device_id: str, timeout_s: float) -> bool:
         try:
-            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+            info.wait_for_publish(max(timeout_s, 0.0))
         except (RuntimeError, ValueError) as exc:  # disconnected meanwhile, or queue full
             log.warning("desired state for %s not published: %s", device_id, exc)
             return False
         return info.is_published()
 
+    def publish(self, signed_json: str, device_id: str) -> bool:
+        """Publish one signed state, retained; True once the broker acknowledged it."""
+        if not self._connected.is_set():
+            return False
+        return self._acknowledged(self._send(signed_json, device_id), device_id, PUBLISH_TIMEOUT_S)
+
     def publish_pending(self, engine: Engine) -> int:
         """Publish every unpublished state; the number the broker acknowledged."""
         done = 0
-        for record in desired.pending(engine):
-            if not self.publish(record.signed, record.device_id):
-                break  # not connected: the next round tries again
-            desired.mark_published(engine, record.device_id, record.sequence)
-            done += 1
+        records = desired.pending(engine)
+        for start in range(0, len(records), PUBLISH_BATCH):
+            if not self._connected.is_set():
+                break  # the next round tries again
+            batch = records[start : start + PUBLISH_BATCH]
+            sent = [(record, self._send(record.signed, record.device_id)) for record in batch]
+            deadline = time.monotonic() + PUBLISH_TIMEOUT_S  # for the batch, not each message
+            acked = [
+                r
+                for r, info in sent
+                if self._acknowledged(info, r.device_id, deadline - time.monotonic())
+            ]
+            desired.mark_published_many(engine, [(r.device_id, r.sequence) for r in acked])
+            done += len(acked)
+            if len(acked) < len(batch):
+                break  # disconnected: the rest stays pending
         if done:
             log.info("published desired state for %d devices", done)
         return done

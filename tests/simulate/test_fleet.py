@@ -3,6 +3,8 @@ TLS and ACLs, signed desired state verified on each device, reports ingested by 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ from edge_agent.protocol import (
     device_topic,
     encode,
 )
+from hub.fleet import desired
 from hub.fleet.models import DesiredRecord, InstallEventRecord, ReportedModelState
 from hub.simulate import Behaviour, DeviceProfile
 from hub.simulate.harness import SimulationHub
@@ -149,3 +152,26 @@ def test_telemetry_carries_tokens_the_hub_accepts(hub: SimulationHub) -> None:
 
         assert _wait(lambda: stored() == 10), f"stored {stored()} of 10 reports"
         assert not hub.ingest.stats.refused
+
+
+def test_states_the_broker_did_not_acknowledge_stay_pending(hub: SimulationHub) -> None:
+    enrolled = hub.enroll(3)
+    ids = [e.device_id for e in enrolled]
+    broker = hub.broker._process._process
+    assert broker is not None
+    hub.assign(ids, MODEL, "1.1.0")
+    # Frozen, the broker keeps the connection open and acknowledges nothing.
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        assert hub.publisher.wait_connected(0)
+        assert hub.publish_pending() == 0
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    assert len(desired.pending(hub.engine)) == 3
+    assert hub.publisher.wait_connected(30)
+    assert hub.publish_pending() == 3
+    assert desired.pending(hub.engine) == []
+    with hub.fleet() as fleet:  # what the hub recorded as published is on the broker
+        fleet.add(enrolled, active={MODEL: "1.0.0"})
+        fleet.connect()
+        fleet.wait_sequence(dict.fromkeys(ids, 1))
