@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -45,6 +46,7 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
+from edge_agent import logs
 from hub.config import CONFIG_ENV, ENV_PREFIX
 
 if TYPE_CHECKING:  # loaded when used: the registry pulls in python-tuf and onnxruntime
@@ -323,6 +325,7 @@ class Demo:
 
     def _set_up(self) -> None:
         require_mosquitto()
+        self._check_chosen_ports()  # before minutes of building and signing releases
         self._stop_leftovers()
         self._releases()
         self._choose_ports()  # after the slow imports, so the ports are still free to bind
@@ -364,6 +367,20 @@ class Demo:
         for n, device in enumerate(self.devices):
             asked = o.agent_port + n if o.agent_port else o.agent_port
             self.ports[device] = self._port(asked, AGENT_PORT + n, "--agent-port")
+
+    def _check_chosen_ports(self) -> None:
+        """Ports the operator chose are refused at once when taken; they are bound only
+        later, once the releases exist."""
+        o = self.options
+        chosen = [(o.hub_port, "--hub-port"), (o.broker_port, "--broker-port")]
+        if o.agent_port:
+            chosen += [(o.agent_port + n, "--agent-port") for n in range(len(self.devices))]
+        for port, option in chosen:
+            if port and not port_free(port):
+                raise DemoError(
+                    f"port {port} on 127.0.0.1 is taken: pass another {option}, or "
+                    f"{option} 0 for any free port"
+                )
 
     def _port(self, asked: int | None, preferred: int | None, option: str) -> int:
         if asked:  # the operator chose it: refuse rather than pick another
@@ -736,16 +753,28 @@ class Demo:
             f"-H 'Content-Type: application/json' -d '{body}'",
             "",
             "Look at the fleet from another terminal:",
-            f"  export EDGE_HUB_CONFIG={config}",
+            f"  source {self._write_env_file()}   # PATH and EDGE_HUB_CONFIG={config}",
             "  edge-hub device list",
             f"  edge-hub device show {first}",
             f"  edge-hub telemetry report --model {MODEL}   # once a 5-minute window closed",
+            f"  edge-agent --config {self.layout.agent_config(first)} status   # {first}'s view",
             "",
             f"Logs in {self.layout.logs}. Ctrl-C stops the fleet; running the demo again "
             "resumes it.",
         ]
         for line in lines:
             self.out.print(line, soft_wrap=True, highlight=False)
+
+    def _write_env_file(self) -> Path:
+        """What a new terminal needs for the printed commands: the tools of this Python
+        environment on PATH and the demo hub's config."""
+        path = self.layout.root / "demo.env"
+        path.write_text(
+            "# source this file in a new terminal to use the demo's hub and devices\n"
+            f'export PATH={shlex.quote(str(BIN))}:"$PATH"\n'
+            f"export {CONFIG_ENV}={shlex.quote(str(self.layout.hub_config))}\n"
+        )
+        return path
 
 
 def _variant(model_dir: Path, folder: Path) -> Path:
@@ -798,7 +827,7 @@ def run_demo(options: DemoOptions, stdout: IO[str] | None = None) -> None:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the progress lines say it
         for logger in quiet:
             logger.setLevel(logging.WARNING)
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = logs.console()  # the log handler's console: log lines print above a spinner
     out = Console(file=stdout or sys.stdout, highlight=False)
     try:
         Demo(options, console, out).run()

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub.registry.hf_folder import hf_folder_problem
+
 
 class ConversionError(RuntimeError):
     """The model builder failed; the message carries the tail of its output."""
@@ -69,8 +71,9 @@ def convert_hf_folder(
     """
     if out_dir.exists():
         raise ConversionError(f"output folder {out_dir} already exists; remove it or pick another")
-    if not (hf_dir / "config.json").is_file():
-        raise ConversionError(f"{hf_dir} is not a Hugging Face model folder: no config.json")
+    problem = hf_folder_problem(hf_dir)
+    if problem is not None:
+        raise ConversionError(problem)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     cache = staging / "_builder_cache"

@@ -175,7 +175,10 @@ def write_tokenizer(recipe: Recipe, hf_dir: Path) -> None:
 def write_random_weights(recipe: Recipe, hf_dir: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    # The caller's spinner names this step; transformers' own bar would break into it.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     shape = recipe.shape
     special_ids = [i for i, _ in enumerate(SPECIAL_TOKENS)]
     config = LlamaConfig(

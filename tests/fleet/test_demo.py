@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def test_demo_fleet_rolls_out_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert active_on_hub(database, device, "demo") == "1.0.1", err.read_text()
         assert f"EDGE_HUB_CONFIG={folder / 'hub.toml'}" in summary
         assert "edge-hub device show demo-1" in summary
+        _pasted_into_a_new_terminal(summary)
 
         found = re.search(r"demo-1\s+(http://127\.0\.0\.1:\d+/v1)", summary)
         assert found is not None, summary
@@ -56,3 +58,43 @@ def test_demo_fleet_rolls_out_serves_and_stops_cleanly(tmp_path: Path) -> None:
             demo.wait()
         for pid in leftovers(folder):  # never leave a broker or an agent to the next test
             os.kill(pid, signal.SIGKILL)
+
+
+def _pasted_into_a_new_terminal(summary: str) -> None:
+    """The printed commands work in a login shell that knows nothing of this venv."""
+    lines = summary.splitlines()
+    start = lines.index("Look at the fleet from another terminal:") + 1
+    commands = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        command = line.split("   #")[0].strip()
+        if "telemetry report" not in command:  # it needs a closed 5-minute window
+            commands.append(command)
+    assert commands[0].startswith("source ") and any("status" in c for c in commands)
+    clean = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    shell = subprocess.run(
+        ["bash", "-c", "set -e\n" + "\n".join(commands)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert "demo-1" in shell.stdout and "command not found" not in shell.stderr
+    assert "sync: device demo-1" in shell.stdout  # edge-agent status, with the device's config
+
+
+def test_a_taken_agent_port_is_refused_before_any_release_is_built(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [str(BIN / "edge-hub"), "demo", "--model", "tiny", "--dir", str(tmp_path / "d")]
+        result = subprocess.run(
+            [*argv, "--agent-port", str(port)], capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode != 0
+    assert f"port {port} on 127.0.0.1 is taken: pass another --agent-port" in result.stderr
+    assert "release" not in result.stderr.lower()  # nothing was built or signed
+    assert not (tmp_path / "d" / "hub" / "repository").exists()
