@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -24,13 +24,18 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Mount
 
-from hub.console import accounts, fleet_view, history, sessions
+from hub.console import accounts, fleet_view, history, releases_view, sessions, telemetry_view
 from hub.console.guard import AttemptLimit, SecurityHeaders, cross_site
-from hub.rollouts import actions, status, store
+from hub.db import session
+from hub.rollouts import actions, audit, status, store
 from hub.rollouts.api import RolloutDesk
 from hub.rollouts.auth import Permission
 from hub.rollouts.machine import IllegalTransition, State, allowed
 from hub.rollouts.spec import RolloutSpec, field_errors
+
+if TYPE_CHECKING:  # loaded only where a hub passes them
+    from hub.fleet.authority import FleetAuthority
+    from hub.registry.repository import ReleaseRepository
 
 PREFIX = "/console"
 HERE = Path(__file__).parent
@@ -46,6 +51,10 @@ ACTIONS: dict[str, Permission] = {
 class _Redirect(Exception):
     def __init__(self, to: str) -> None:
         self.to = to
+
+
+class _Problem(Exception):
+    """An action not done, said on the page it was asked from (409)."""
 
 
 class _Refused(Exception):
@@ -74,7 +83,15 @@ def _local_time(value: datetime | None) -> Any:
     )
 
 
-def create_console(desk: RolloutDesk, k_anonymity: int = 5) -> FastAPI:
+def create_console(
+    desk: RolloutDesk,
+    k_anonymity: int = 5,
+    *,
+    repository: ReleaseRepository | None = None,
+    authority: FleetAuthority | None = None,
+) -> FastAPI:
+    """`repository`: the release pages (without it they say there is none); `authority`:
+    certificates on the device page and revoking a device."""
     engine = desk.engine
     console = ConsoleDesk(desk, AttemptLimit(), k_anonymity)
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -132,6 +149,19 @@ def create_console(desk: RolloutDesk, k_anonymity: int = 5) -> FastAPI:
         if permission is not None and not who.principal.may(permission):
             raise _Refused(403, f"{who.principal.name} ({who.principal.role}) may not {permission}")
         return who, form
+
+    def confirmed_reason(form: dict[str, str], what: str) -> str:
+        """The reason of a confirmed destructive action; _Problem says what is missing."""
+        if form.get("confirm") != "yes":
+            raise _Problem(f"{what} not done: tick the box to confirm it")
+        reason = form.get("reason", "").strip()
+        if not reason:
+            raise _Problem(f"{what} not done: say why (the reason goes into the audit log)")
+        return reason
+
+    def audited(actor: str, action: str, obj: str, reason: str, **details: Any) -> None:
+        with session(engine) as db:
+            audit.record(db, actor, action, obj, reason=reason, details=details)
 
     # --- login -----------------------------------------------------------------------
 
@@ -212,10 +242,96 @@ def create_console(desk: RolloutDesk, k_anonymity: int = 5) -> FastAPI:
     @app.get("/devices/{device_id}", response_class=HTMLResponse)
     def device(request: Request, device_id: str) -> Response:
         who = viewer(request)
+        return page(request, "device.html", who, **_device_context(device_id), problem=None)
+
+    def _device_context(device_id: str) -> dict[str, Any]:
         data = fleet_view.device_page(engine, device_id, datetime.now(UTC))
         if data is None:
             raise _Refused(404, f"no device {device_id}")
-        return page(request, "device.html", who, **data)
+        certificates = authority.ca.certificates_of(device_id) if authority else None
+        return {**data, "certificates": certificates, "now": datetime.now(UTC)}
+
+    @app.post("/devices/{device_id}/revoke")
+    async def revoke_device(request: Request, device_id: str) -> Response:
+        who, form = await poster(request, Permission.OPERATE)
+        from hub.fleet import registry
+        from hub.fleet.revocation import revoke_device as revoke
+
+        try:
+            if authority is None:
+                raise _Problem(
+                    "this console has no device CA: revoke with `edge-hub device revoke`"
+                )
+            reason = confirmed_reason(form, "revoke")
+            try:
+                done = await run_in_threadpool(revoke, authority, engine, device_id)
+            except registry.RegistryError as exc:
+                raise _Refused(404, str(exc)) from None
+            audited(
+                who.principal.name, "revoke_device", f"device/{device_id}", reason,
+                certificates=done.certificates, enrollment_tokens=done.enrollment_tokens,
+            )  # fmt: skip
+        except _Problem as exc:
+            context = _device_context(device_id)
+            response = page(request, "device.html", who, **context, problem=str(exc))
+            response.status_code = 409
+            return response
+        return RedirectResponse(f"{PREFIX}/devices/{device_id}", status_code=303)
+
+    # --- models and releases ---------------------------------------------------------
+
+    @app.get("/releases", response_class=HTMLResponse)
+    def releases_page(request: Request) -> Response:
+        who = viewer(request)
+        shown = releases_view.releases(repository, engine) if repository else None
+        return page(request, "releases.html", who, models=shown)
+
+    def _release_context(model: str, version: str) -> dict[str, Any]:
+        from hub.registry.errors import ReleaseNotFound
+
+        if repository is None:
+            raise _Refused(404, "this hub serves no release repository")
+        try:
+            detail = releases_view.release_detail(repository, model, version)
+        except ReleaseNotFound as exc:
+            raise _Refused(404, str(exc)) from None
+        return {"release": detail, "model": model, "version": version}
+
+    @app.get("/releases/{model}/{version}", response_class=HTMLResponse)
+    def release_page(request: Request, model: str, version: str) -> Response:
+        who = viewer(request)
+        return page(request, "release.html", who, **_release_context(model, version), problem=None)
+
+    @app.post("/releases/{model}/{version}/revoke")
+    async def revoke_release(request: Request, model: str, version: str) -> Response:
+        who, form = await poster(request, Permission.OPERATE)
+        context = _release_context(model, version)  # 404 before anything changes
+        assert repository is not None
+        try:
+            reason = confirmed_reason(form, "revoke")
+        except _Problem as exc:
+            response = page(request, "release.html", who, **context, problem=str(exc))
+            response.status_code = 409
+            return response
+        await run_in_threadpool(repository.revoke, model, version)
+        audited(who.principal.name, "revoke_release", f"release/{model}/{version}", reason)
+        return RedirectResponse(f"{PREFIX}/releases", status_code=303)
+
+    # --- telemetry -------------------------------------------------------------------
+
+    @app.get("/telemetry", response_class=HTMLResponse)
+    def telemetry_page(request: Request, model: str = "", days: int = 7) -> Response:
+        who = viewer(request)
+        models = telemetry_view.models_with_telemetry(engine)
+        chosen = telemetry_view.TelemetryFilter(
+            model or (models[0] if models else ""),
+            days if days in telemetry_view.DAYS else 7,
+        )
+        data = telemetry_view.health(engine, chosen, datetime.now(UTC), console.k_anonymity)
+        return page(
+            request, "telemetry.html", who, models=models, chosen=chosen,
+            choices=telemetry_view.DAYS, charts=data, k=console.k_anonymity,
+        )  # fmt: skip
 
     # --- rollouts --------------------------------------------------------------------
 
@@ -348,9 +464,7 @@ def create_console(desk: RolloutDesk, k_anonymity: int = 5) -> FastAPI:
         writer = csv.writer(out)
         writer.writerow(["at", "actor", "action", "object", "reason", "details"])
         for e in rows:
-            writer.writerow(
-                [e.at.isoformat(), e.actor, e.action, e.object, e.reason or "", e.details]
-            )
+            writer.writerow([e.at.isoformat(), e.actor, e.action, e.object, e.reason, e.details])
         return Response(
             out.getvalue(),
             media_type="text/csv",
@@ -396,6 +510,13 @@ def _spec_from_form(form: dict[str, str]) -> dict[str, Any]:
     return spec
 
 
-def console_mount(desk: RolloutDesk, k_anonymity: int = 5) -> Mount:
+def console_mount(
+    desk: RolloutDesk,
+    k_anonymity: int = 5,
+    *,
+    repository: ReleaseRepository | None = None,
+    authority: FleetAuthority | None = None,
+) -> Mount:
     """The console for the hub's HTTPS server: /console/..."""
-    return Mount(PREFIX, app=create_console(desk, k_anonymity))
+    app = create_console(desk, k_anonymity, repository=repository, authority=authority)
+    return Mount(PREFIX, app=app)

@@ -324,6 +324,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=_KEY_MODE)
 
 
+@dataclass(frozen=True)
+class IssuedCertificate:
+    serial: int
+    issued_at: dt.datetime
+    expires: dt.datetime | None  # None: issued before expiry was recorded
+    revoked_at: dt.datetime | None
+
+
+def _entry(cert: x509.Certificate, name: str, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "name": name,
+        "issued_at": at.isoformat(),
+        "expires": cert.not_valid_after_utc.isoformat(),
+        "revoked_at": None,
+    }
+
+
 class DeviceCA:
     """The device CA in a folder: created on first use, then loaded."""
 
@@ -398,11 +415,7 @@ class DeviceCA:
 
     def _record(self, cert: x509.Certificate, name: str) -> None:
         issued = self._issued()
-        issued[str(cert.serial_number)] = {
-            "name": name,
-            "issued_at": _now().isoformat(),
-            "revoked_at": None,
-        }
+        issued[str(cert.serial_number)] = _entry(cert, name, _now())
         _write_json(self.issued_path, issued)
 
     def issue_device_certificate(self, csr_pem: bytes, device_id: str) -> bytes:
@@ -419,13 +432,9 @@ class DeviceCA:
         certs = [issue_device_certificate(self._key, self._cert, csr, d) for csr, d in requests]
         with _locked(self.folder / ".ca.lock"):
             issued = self._issued()
-            at = _now().isoformat()
+            at = _now()
             for cert, (_csr, device_id) in zip(certs, requests, strict=True):
-                issued[str(cert.serial_number)] = {
-                    "name": device_id,
-                    "issued_at": at,
-                    "revoked_at": None,
-                }
+                issued[str(cert.serial_number)] = _entry(cert, device_id, at)
             _write_json(self.issued_path, issued)
         return [_pem(cert) for cert in certs]
 
@@ -471,6 +480,25 @@ class DeviceCA:
     @staticmethod
     def _entries_of(issued: dict[str, Any], name: str) -> list[dict[str, Any]]:
         return [entry for entry in issued.values() if entry["name"] == name]
+
+    def certificates_of(self, name: str) -> list[IssuedCertificate]:
+        """Every certificate issued to `name`, oldest first (the console's device page)."""
+        found = [
+            IssuedCertificate(
+                serial=int(serial),
+                issued_at=dt.datetime.fromisoformat(entry["issued_at"]),
+                # Recorded since the console shows it; older records lack it.
+                expires=dt.datetime.fromisoformat(entry["expires"])
+                if entry.get("expires")
+                else None,
+                revoked_at=dt.datetime.fromisoformat(entry["revoked_at"])
+                if entry["revoked_at"]
+                else None,
+            )
+            for serial, entry in self._issued().items()
+            if entry["name"] == name
+        ]
+        return sorted(found, key=lambda c: c.issued_at)
 
     def issued_to(self, name: str) -> int:
         """How many certificates were ever issued to `name`."""

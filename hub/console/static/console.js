@@ -17,12 +17,12 @@ function charts(root) {
   const source = root.querySelector("#chart-data");
   if (!source || typeof uPlot === "undefined") return;
   const data = JSON.parse(source.textContent);
-  const colors = ["#1565c0", "#8a5300"];
+  const colors = ["#1565c0", "#8a5300", "#2e7d32", "#6a1b9a", "#c62828", "#00695c"];
   for (const box of root.querySelectorAll(".chart[data-chart]")) {
     if (box.dataset.drawn) continue;
     const metric = box.dataset.chart;
     const labels = Object.keys(data.series);
-    const series = [{}].concat(labels.map((label, i) => ({ label, stroke: colors[i % 2], width: 2, spanGaps: false })));
+    const series = [{}].concat(labels.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 2, spanGaps: false })));
     const values = [data.hours].concat(labels.map((label) => data.series[label][metric]));
     const width = Math.max(280, Math.min(box.clientWidth || 600, 900));
     new uPlot({ title: box.dataset.title, width, height: 220, series }, values, box);

@@ -1,0 +1,87 @@
+"""The telemetry page: each release's health over time, from the k-anonymous aggregates of
+hub.telemetry.query only. A cell behind fewer than k devices is suppressed: it is listed as
+suppressed and drawn as a gap, never filled in or counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from hub.telemetry.models import TELEMETRY
+from hub.telemetry.query import Bucket, HealthCell, release_health
+
+DAYS = (1, 7, 30, 365)
+HOURLY_UP_TO_DAYS = 7  # longer spans are drawn per day (fewer points, same query)
+TABLE_ROWS = 48  # the newest cells in the table under the charts
+
+
+@dataclass(frozen=True)
+class TelemetryFilter:
+    model: str = ""
+    days: int = 7
+
+    @property
+    def bucket(self) -> Bucket:
+        return Bucket.HOUR if self.days <= HOURLY_UP_TO_DAYS else Bucket.DAY
+
+
+def models_with_telemetry(engine: Engine) -> list[str]:
+    # DISTINCT over the (model, version, window_hour) index: no scan of a year's rows.
+    with engine.connect() as connection:
+        found = connection.execute(select(TELEMETRY.c.model).distinct()).scalars().all()
+    return sorted(m for m in found if m)
+
+
+def _label(cell: HealthCell) -> str:
+    return f"{cell.start:%Y-%m-%d %H:00} UTC"
+
+
+def health(engine: Engine, chosen: TelemetryFilter, now: datetime, k: int) -> dict[str, Any]:
+    """Charts' data in the shape console.js draws ({"hours", "series", "suppressed"}), a
+    summary per release and the newest cells for the table."""
+    if not chosen.model:
+        return {"hours": [], "series": {}, "suppressed": [], "releases": [], "cells": []}
+    since = now - timedelta(days=chosen.days)
+    cells = release_health(engine, chosen.model, since=since, bucket=chosen.bucket, k=k)
+    starts = sorted({c.start for c in cells})
+    by_version: dict[str, dict[datetime, HealthCell]] = {}
+    for cell in cells:
+        by_version.setdefault(cell.version, {})[cell.start] = cell
+    series: dict[str, dict[str, list[float | None]]] = {}
+    suppressed: list[str] = []
+    summary: list[dict[str, Any]] = []
+    for version, found in by_version.items():
+        rates: list[float | None] = []
+        ttft: list[float | None] = []
+        speed: list[float | None] = []
+        for start in starts:
+            metrics = found[start].metrics if start in found else None
+            rates.append(metrics.error_rate if metrics else None)
+            ttft.append(metrics.ttft.p90 if metrics else None)
+            speed.append(metrics.tokens_per_second if metrics else None)
+        series[version] = {"error_rate": rates, "ttft_p90": ttft, "tokens_per_second": speed}
+        hidden = [c for c in found.values() if c.suppressed]
+        suppressed += [f"{version} {_label(c)}" for c in hidden]
+        shown = [c.metrics for c in found.values() if c.metrics is not None]
+        requests = sum(m.requests for m in shown)
+        errors = sum(m.errors for m in shown)
+        summary.append(
+            {
+                "version": version,
+                "cells": len(found),
+                "suppressed": len(hidden),
+                "requests": requests,
+                "error_rate": errors / requests if requests else None,
+            }
+        )
+    newest = sorted(cells, key=lambda c: c.start, reverse=True)[:TABLE_ROWS]
+    return {
+        "hours": [s.timestamp() for s in starts],
+        "series": series,
+        "suppressed": suppressed,
+        "releases": summary,
+        "cells": newest,
+    }
