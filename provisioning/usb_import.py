@@ -36,6 +36,7 @@ from edge_agent.atomic import write_atomic
 from edge_agent.protocol.bundle import (
     DEVICE_RETURNS_DIR,
     MAX_RETURN_BYTES,
+    MAX_STICK_TOKENS,
     RETURNS_DIR,
     TELEMETRY_RETURNS_DIR,
     DeviceExport,
@@ -47,9 +48,11 @@ from edge_agent.protocol.bundle import (
 )
 from edge_agent.protocol.errors import MessageError
 from edge_agent.protocol.messages import MessageKind, decode
+from edge_agent.protocol.tokens import TokenResponse
 from hub.db import session
 from hub.fleet.models import Device
 from hub.ingest.consumer import BatchWriter
+from hub.telemetry.issuance import IssuanceRefused, TokenIssuer
 from hub.telemetry.keys import TokenVerifier
 
 MAX_RECEIPT_IDS = 1_000_000
@@ -66,6 +69,8 @@ class ImportSummary:
     refused_files: list[str] = field(default_factory=list)
     refused_messages: Counter[str] = field(default_factory=Counter)
     devices: set[str] = field(default_factory=set)
+    tokens_issued: int = 0
+    tokens_refused: list[str] = field(default_factory=list)
 
 
 def _read_file(path: Path) -> bytes:
@@ -138,8 +143,10 @@ def import_returns(
 ) -> ImportSummary:
     ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     writer = BatchWriter(engine, tokens=tokens)
+    issuer = TokenIssuer(engine, tokens.keys) if tokens is not None else None
     summary = ImportSummary()
     receipts: dict[str, set[str]] = {}
+    answers: dict[str, list[TokenResponse]] = {}
     returns = stick / RETURNS_DIR
     for path in sorted((returns / DEVICE_RETURNS_DIR).glob("*/*.json")):
         try:
@@ -153,6 +160,8 @@ def import_returns(
         _write(writer, items, summary)
         summary.devices.add(export.device_id)
         receipts.setdefault(export.device_id, set()).update(m.message_id for m in export.messages)
+        if issuer is not None and export.token_requests:
+            answers[export.device_id] = _issue(issuer, export, summary)
     for path in sorted((returns / TELEMETRY_RETURNS_DIR).glob("*.json")):
         try:
             items = _items(TelemetryReturn.model_validate_json(_read_file(path)).messages)
@@ -163,8 +172,24 @@ def import_returns(
             continue
         _write(writer, items, summary)
     for device_id, ids in receipts.items():
-        _add_receipt(receipts_dir, device_id, ids)
+        _add_receipt(receipts_dir, device_id, ids, answers.get(device_id, []))
     return summary
+
+
+def _issue(
+    issuer: TokenIssuer, export: DeviceExport, summary: ImportSummary
+) -> list[TokenResponse]:
+    """Evaluate the device's blinded token requests, once per device and week (the issuer's
+    record refuses a second one, whether asked online or by an earlier stick)."""
+    issued: list[TokenResponse] = []
+    for request in export.token_requests:
+        try:
+            issued.append(issuer.issue(export.device_id, request))
+            summary.tokens_issued += 1
+        except IssuanceRefused as exc:
+            # The same stick twice: the answer already waits in the receipt and stays.
+            summary.tokens_refused.append(f"{export.device_id} {request.period}: {exc.code}")
+    return issued
 
 
 def _write(writer: BatchWriter, items: list[tuple[str, bytes]], summary: ImportSummary) -> None:
@@ -177,15 +202,21 @@ def _write(writer: BatchWriter, items: list[tuple[str, bytes]], summary: ImportS
         summary.refused_messages.update(result.refused)
 
 
-def _add_receipt(receipts_dir: Path, device_id: str, ids: set[str]) -> None:
+def _add_receipt(
+    receipts_dir: Path, device_id: str, ids: set[str], tokens: list[TokenResponse]
+) -> None:
     path = receipts_dir / f"{device_id}.json"
     try:
-        known = Receipt.model_validate_json(path.read_bytes()).message_ids
+        earlier = Receipt.model_validate_json(path.read_bytes())
+        known, held = earlier.message_ids, earlier.tokens
     except FileNotFoundError:
-        known = []
+        known, held = [], []
     merged = list(dict.fromkeys([*known, *sorted(ids)]))[-MAX_RECEIPT_IDS:]
+    # One answer a period, the newest; older periods are no longer worth carrying.
+    by_period = {answer.period: answer for answer in [*held, *tokens]}
+    kept = [by_period[period] for period in sorted(by_period)[-MAX_STICK_TOKENS:]]
     receipts_dir.mkdir(parents=True, exist_ok=True)
-    receipt = Receipt(device_id=device_id, message_ids=merged)
+    receipt = Receipt(device_id=device_id, message_ids=merged, tokens=kept)
     write_atomic(path, receipt.model_dump_json().encode())
 
 
@@ -197,5 +228,7 @@ def describe(summary: ImportSummary) -> str:
             "duplicates": summary.duplicates,
             "refused_messages": dict(summary.refused_messages),
             "refused_files": summary.refused_files,
+            "tokens_issued": summary.tokens_issued,
+            "tokens_refused": summary.tokens_refused,
         }
     )

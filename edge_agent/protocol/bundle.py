@@ -47,6 +47,7 @@ from securesystemslib.signer import Signature, Signer, SSlibKey
 
 from edge_agent.protocol.enrollment import EnrollmentResponse
 from edge_agent.protocol.layout import MODEL_NAME, SHA256_HEX, VERSION_TEXT
+from edge_agent.protocol.tokens import TokenRequest, TokenResponse
 
 BUNDLE_DIR = "edge-bundle"
 AUTHORISATION_FILE = "authorisation.json"
@@ -59,6 +60,7 @@ ENROLL_DIR = "edge-enroll"
 MAX_ENROLL_FILE_BYTES = 4 * 1024 * 1024
 MAX_RETURN_BYTES = 256 * 1024 * 1024
 MAX_RETURN_MESSAGES = 200_000
+MAX_STICK_TOKENS = 4
 OFFLINE_ROLE_FIELD = "x-edge-offline-bundle"
 
 MAX_VALIDITY = timedelta(days=90)
@@ -253,6 +255,9 @@ class DeviceExport(BaseModel):
     export_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     created_at: datetime
     messages: Annotated[list[ReturnedMessage], Field(max_length=MAX_RETURN_MESSAGES)]
+    # Blinded telemetry token requests (this week and the last at most): the hub evaluates
+    # each once per device and week, and the answer comes back in the next stick's receipt.
+    token_requests: Annotated[list[TokenRequest], Field(max_length=MAX_STICK_TOKENS)] = []
 
 
 class SignedDeviceExport(BaseModel):
@@ -280,6 +285,8 @@ class Receipt(BaseModel):
 
     device_id: DeviceId
     message_ids: Annotated[list[str], Field(max_length=10 * MAX_RETURN_MESSAGES)]
+    # The hub's evaluations of the device's blinded token requests (see DeviceExport).
+    tokens: Annotated[list[TokenResponse], Field(max_length=MAX_STICK_TOKENS)] = []
 
 
 def export_signing_bytes(signed: dict[str, Any]) -> bytes:

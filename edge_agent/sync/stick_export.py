@@ -38,6 +38,7 @@ from edge_agent.protocol import (
 from edge_agent.protocol.bundle import (
     DEVICE_RETURNS_DIR,
     MAX_RETURN_MESSAGES,
+    MAX_STICK_TOKENS,
     RETURNS_DIR,
     TELEMETRY_RETURNS_DIR,
     DeviceExport,
@@ -50,6 +51,7 @@ from edge_agent.store import ModelStore
 from edge_agent.sync.identity import Identity
 from edge_agent.sync.link import enqueue
 from edge_agent.sync.outbox import Outbox, OutboxItem, OutboxKind
+from edge_agent.telemetry.stick_tokens import pending_requests
 
 EXPORTED_FILE = "exported.json"
 
@@ -92,8 +94,15 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def export_outbox(
-    stick: Path, outbox: Outbox, identity: Identity, device_id: str, sync_dir: Path
+    stick: Path,
+    outbox: Outbox,
+    identity: Identity,
+    device_id: str,
+    sync_dir: Path,
+    telemetry_dir: Path | None = None,
 ) -> ExportResult:
+    """`telemetry_dir`: where the service leaves blinded token requests (default: beside
+    `sync_dir`, as the agent's data folder lays them out)."""
     key_file, cert_file = identity.tls.key_file, identity.tls.cert_file
     if key_file is None or cert_file is None or not cert_file.is_file():
         raise ValueError("this device is not enrolled (no key and certificate): enroll first")
@@ -109,6 +118,9 @@ def export_outbox(
         export_id=uuid.uuid4().hex,
         created_at=datetime.now(UTC),
         messages=own,
+        token_requests=pending_requests(telemetry_dir or sync_dir.parent / "telemetry")[
+            -MAX_STICK_TOKENS:
+        ],
     )
     signed = export.model_dump(mode="json")
     signature = key.sign(export_signing_bytes(signed), ec.ECDSA(hashes.SHA256()))

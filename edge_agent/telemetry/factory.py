@@ -25,6 +25,7 @@ from edge_agent.telemetry.lifecycle import RunMarker
 from edge_agent.telemetry.privacy import PrivacyBudget
 from edge_agent.telemetry.pseudonym import load_or_create_secret
 from edge_agent.telemetry.publisher import Policy, Publisher
+from edge_agent.telemetry.stick_tokens import StickTokens
 from edge_agent.telemetry.tokens import Issuer, Wallet
 from edge_agent.telemetry.transparency import TransparencyLog, render
 
@@ -48,8 +49,11 @@ def telemetry_dir(data_dir: Path) -> Path:
     return data_dir / "telemetry"
 
 
-def wallet(data_dir: Path, issuer: Issuer | None = None) -> Wallet:
-    return Wallet(telemetry_dir(data_dir) / "tokens.json", issuer)
+def wallet(data_dir: Path, issuer: Issuer | None = None, *, by_stick: bool = False) -> Wallet:
+    """The token wallet; `by_stick`: a token the hub cannot give now is asked for by USB
+    stick (edge_agent.telemetry.stick_tokens), for a device without a link."""
+    stick = StickTokens(telemetry_dir(data_dir)) if by_stick else None
+    return Wallet(telemetry_dir(data_dir) / "tokens.json", issuer, stick)
 
 
 def transparency_log(config: TelemetryConfig, data_dir: Path) -> TransparencyLog:
@@ -140,7 +144,7 @@ def build(
             else None
         ),
         clock=clock,
-        tokens=wallet(data_dir, issuer).token_for,
+        tokens=wallet(data_dir, issuer, by_stick=outbox is not None).token_for,
     )
     return Telemetry(
         collector, publisher, RunMarker(folder / "running"), config.publish_interval_seconds

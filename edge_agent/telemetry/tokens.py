@@ -33,6 +33,7 @@ from voprf import ristretto
 from edge_agent.atomic import write_atomic
 from edge_agent.protocol.telemetry import token_input
 from edge_agent.protocol.tokens import TOKEN_ISSUE_PATH, TokenRequest, TokenResponse
+from edge_agent.telemetry.stick_tokens import StickTokens
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,11 @@ def obtain(issuer: Issuer, period: str, pseudonym: str) -> HeldToken:
 class Wallet:
     """The tokens held, by period; asks `issuer` once for a period it has none for."""
 
-    def __init__(self, path: Path, issuer: Issuer | None) -> None:
+    def __init__(self, path: Path, issuer: Issuer | None, stick: StickTokens | None = None) -> None:
         self.path = path
         self.issuer = issuer
+        # Where the hub cannot be asked, a USB stick can carry the request (an air gap).
+        self.stick = stick
         self._lock = threading.Lock()
 
     def held(self) -> dict[str, HeldToken]:
@@ -103,18 +106,29 @@ class Wallet:
             if found is not None and found.pseudonym == pseudonym:
                 return found.token
             if self.issuer is None:
+                if self.stick is not None:
+                    return self.stick.token_for(period, pseudonym, self._keep)
                 log.warning("no telemetry token for %s: no hub to ask", period)
                 return None
             try:
                 found = obtain(self.issuer, period, pseudonym)
             except TokenUnavailable as exc:
                 log.warning("no telemetry token for %s yet: %s", period, exc)
+                if self.stick is not None:
+                    return self.stick.token_for(period, pseudonym, self._keep)
                 return None
-            held[period] = found
-            kept = dict(sorted(held.items())[-WALLET_PERIODS:])
-            text = json.dumps({p: asdict(t) for p, t in kept.items()}, indent=1)
-            write_atomic(self.path, text.encode(), mode=0o600)
+            self._store(held, period, found)
             return found.token
+
+    def _keep(self, period: str, pseudonym: str, token: str, public_key: str) -> None:
+        """Store a token finalized elsewhere (from a USB stick); the lock is held."""
+        self._store(self.held(), period, HeldToken(pseudonym, token, public_key))
+
+    def _store(self, held: dict[str, HeldToken], period: str, found: HeldToken) -> None:
+        held[period] = found
+        kept = dict(sorted(held.items())[-WALLET_PERIODS:])
+        text = json.dumps({p: asdict(t) for p, t in kept.items()}, indent=1)
+        write_atomic(self.path, text.encode(), mode=0o600)
 
 
 class HubIssuer:

@@ -44,6 +44,7 @@ from edge_agent.protocol.bundle import (
     offline_role,
     verify_authorisation,
 )
+from edge_agent.telemetry.stick_tokens import leave_answers
 from edge_agent.updates import capacity
 from edge_agent.updates.errors import NotTrusted, Refused, UpdateError
 from edge_agent.updates.fetchers import FolderFetcher
@@ -140,7 +141,11 @@ def import_bundle(
         _copy_to_staging(stick / BUNDLE_DIR / REPOSITORY_DIR, staging, authorisation, progress)
         _raise_time_floor(data_dir, authorisation.issued_at)
         report = _install(staging, manager, trust_dir, authorisation)
-        report.receipt_ids = _receipt(staging, device_id)
+        receipt = _receipt(staging, device_id)
+        if receipt is not None:
+            report.receipt_ids = receipt.message_ids
+            # The hub's answers to this device's token requests: the service finalizes them.
+            leave_answers(data_dir / "telemetry", receipt.tokens)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -186,17 +191,17 @@ def _copy_to_staging(
         )
 
 
-def _receipt(staging: Path, device_id: str) -> list[str]:
+def _receipt(staging: Path, device_id: str) -> Receipt | None:
     path = staging / RECEIPTS_DIR / f"{device_id}.json"
     if not path.is_file():
-        return []
+        return None
     try:
         receipt = Receipt.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise StickRefused(f"the bundle's receipt for this device is malformed: {exc}") from None
     if receipt.device_id != device_id:
         raise StickRefused("the bundle's receipt names another device")
-    return receipt.message_ids
+    return receipt
 
 
 def _install(
