@@ -12,11 +12,15 @@ of the tiny test model plus a --blob-mib random file (so there are bytes enough 
    writes the bytes three times and loads the model; its throughput is reported beside.
 3. Bytes on the stick for a site that already holds the previous release (the new one
    changes one small file) against the full release.
+4. Peer fetch: bench/peers.py's benchmark, called in the same run (a device fetching the
+   release's chunks from a site peer against the hub's artifact server on loopback, target
+   >= 0.9x); --peer-model tiny for a quick run.
 
 Each timed step runs --repeats times (median). Human-readable lines first; the last line is
 one JSON object with every figure (bench/common.py's house style).
 
     .venv/bin/python bench/airgap.py [--blob-mib 256] [--repeats 3] [--dir /tmp]
+                                     [--peer-model small] [--peer-repeats 5]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import peers
 from common import figure, median, report
 
 PASS = b"benchmark passphrase"
@@ -181,6 +186,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"whole import {mb / median(import_s):.0f} MB/s"
     )
     print(f"stick for a site holding 1.0.0: {delta.total_bytes} of {full.total_bytes} bytes")
+    # 4. After one device imported the stick, its site peers fetch from it: bench/peers.py's
+    # own measurement (peer vs the hub's artifact server on loopback), run here.
+    print("peer fetch (bench/peers.py) ...", flush=True)
+    peer = peers.benchmark(argparse.Namespace(model=args.peer_model, repeats=args.peer_repeats))
+    peer_ratio = peer["figures"]["peer_fetch_vs_hub"]
     return {
         "benchmark": "airgap",
         "figures": {
@@ -189,6 +199,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "export_with_verify_vs_cp": figure((mb / median(export_s)) / cp_rate),
             "whole_import_vs_cp": figure((mb / median(import_s)) / cp_rate),
             "delta_stick_fraction": figure(delta_ratio),
+            "peer_fetch_vs_hub": peer_ratio,
         },
         "details": {
             "bundle_bytes": bundle_bytes,
@@ -202,7 +213,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "delta_stick_bytes": delta.total_bytes,
             "delta_chunk_bytes": delta.chunk_bytes,
             "full_chunk_bytes": full.chunk_bytes,
-            "peer_fetch": "not measured here: the LAN peer part is built separately",
+            "peer_fetch": {k: v for k, v in peer.items() if k != "benchmark"},
         },
     }
 
@@ -212,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--blob-mib", type=int, default=256, help="random bytes in the release")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each step")
     parser.add_argument("--dir", default=None, help="folder for the run (one file system)")
+    parser.add_argument(
+        "--peer-model", default="small", choices=("small", "tiny"), help="model the peers fetch"
+    )
+    parser.add_argument("--peer-repeats", type=int, default=5, help="timed peer fetch rounds")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.blob_mib < 1:
         parser.error("--repeats and --blob-mib must be >= 1")
