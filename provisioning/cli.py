@@ -134,6 +134,101 @@ def rotate_root(
     typer.echo(f"on the hub: edge-hub repo adopt-root {result.hub_root_file}")
 
 
+ca_app = typer.Typer(
+    help="An offline device root CA that signs the hub's CA (the hub never holds the root key).",
+    no_args_is_help=True,
+)
+app.add_typer(ca_app, name="device-ca")
+
+
+@ca_app.command("init")
+def ca_init(
+    ceremony: Annotated[Path, typer.Option(help="the ceremony folder (offline)")],
+    passphrase_file: Annotated[
+        Path | None, typer.Option(help="the root CA key's passphrase")
+    ] = None,
+) -> None:
+    """Make the offline device root CA (once); prints its fingerprint for the hub's operator."""
+    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.device_ca import init_device_root
+
+    try:
+        passphrase = (
+            passphrase_from(passphrase_file)
+            if passphrase_file
+            else _passphrases(None, 1, "the device root CA key")[0]
+        )
+        fingerprint = init_device_root(ceremony, passphrase)
+    except CeremonyError as exc:
+        _fail(str(exc))
+    typer.echo(f"device root CA {fingerprint}")
+    typer.echo(
+        "read this fingerprint to the hub's operator (out of band): `device-ca install` needs it"
+    )
+
+
+@ca_app.command("request")
+def ca_request(
+    identity: Annotated[Path, typer.Option(help="the hub's identity folder (hub's identity_dir)")],
+) -> None:
+    """On the hub: make its CA key and a signing request to carry to the ceremony."""
+    from provisioning.ceremony import CeremonyError
+    from provisioning.device_ca import request_hub_ca
+
+    try:
+        path = request_hub_ca(identity.expanduser())
+    except CeremonyError as exc:
+        _fail(str(exc))
+    typer.echo(f"carry {path} to the ceremony: edge-provision device-ca sign {path.name} ...")
+
+
+@ca_app.command("sign")
+def ca_sign(
+    request: Annotated[Path, typer.Argument(help="the hub's ca.csr")],
+    ceremony: Annotated[Path, typer.Option(help="the ceremony folder (offline)")],
+    out: Annotated[Path, typer.Option(help="where to write the chain for the hub")],
+    days: Annotated[int, typer.Option(help="validity of the hub's CA")] = 5 * 365,
+    passphrase_file: Annotated[
+        Path | None, typer.Option(help="the root CA key's passphrase")
+    ] = None,
+) -> None:
+    """Offline: sign the hub's CA as an intermediate of the device root CA."""
+    from edge_agent.atomic import write_atomic
+    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.device_ca import sign_hub_ca
+
+    try:
+        passphrase = (
+            passphrase_from(passphrase_file)
+            if passphrase_file
+            else _passphrases(None, 1, "the device root CA key")[0]
+        )
+        chain = sign_hub_ca(ceremony, passphrase, request.read_bytes(), days=days)
+    except (CeremonyError, OSError) as exc:
+        _fail(str(exc))
+    write_atomic(out, chain)
+    typer.echo(f"carry {out} to the hub: edge-provision device-ca install {out.name} ...")
+
+
+@ca_app.command("install")
+def ca_install(
+    chain: Annotated[Path, typer.Argument(help="the chain `device-ca sign` wrote")],
+    identity: Annotated[Path, typer.Option(help="the hub's identity folder")],
+    root_fingerprint: Annotated[
+        str, typer.Option(help="sha256:... of the device root CA, as `device-ca init` printed it")
+    ],
+) -> None:
+    """On the hub: check the chain against the root's fingerprint and make it the hub's CA."""
+    from provisioning.ceremony import CeremonyError
+    from provisioning.device_ca import install_hub_ca
+
+    try:
+        install_hub_ca(identity.expanduser(), chain.read_bytes(), root_fingerprint)
+    except (CeremonyError, OSError) as exc:
+        _fail(f"the hub's CA was not changed: {exc}")
+    typer.echo("the hub's device CA is signed by the offline root; devices enroll as before")
+
+
 usb_app = typer.Typer(help="USB bundles for air-gapped sites.", no_args_is_help=True)
 app.add_typer(usb_app, name="usb")
 

@@ -388,6 +388,11 @@ class DeviceCA:
         return self.folder / "issued.json"
 
     def _load(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if not self.ca_cert_path.exists() and (self.folder / "ca.csr").exists():
+            raise IdentityError(
+                f"the hub's device CA in {self.folder} waits for the key ceremony's signature: "
+                "`edge-provision device-ca sign` offline, then `device-ca install` here"
+            )
         try:
             key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), None)
             cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
