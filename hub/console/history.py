@@ -5,7 +5,7 @@ suppressed hour is drawn as a gap and listed as suppressed, never filled in)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -56,10 +56,11 @@ def audit(engine: Engine, chosen: AuditFilter, limit: int = 500) -> list[AuditEn
 
 
 def rollout_charts(engine: Engine, shown: dict[str, Any], k: int) -> dict[str, Any]:
-    """Hourly error rate and TTFT p95 of the rollout's release and its baseline since it was
-    created: {"hours": [...], "series": {label: {"error_rate": [...], "ttft_p95": [...]}},
-    "suppressed": [labels of hours hidden]}."""
-    since = datetime.fromisoformat(shown["created_at"])
+    """Hourly error rate and TTFT p90 (ms) of the rollout's release and its baseline from the
+    hour before it was created: {"hours": [...], "series": {label: {"error_rate": [...],
+    "ttft_p90": [...]}}, "suppressed": [labels of hours hidden]}."""
+    # From the hour before the rollout: the old release's recent health is the yardstick.
+    since = datetime.fromisoformat(shown["created_at"]) - timedelta(hours=1)
     versions = [("new " + shown["version"], shown["version"])]
     if shown.get("baseline_version"):
         versions.append(("old " + shown["baseline_version"], shown["baseline_version"]))
@@ -80,7 +81,8 @@ def rollout_charts(engine: Engine, shown: dict[str, Any], k: int) -> dict[str, A
             if cell is not None and metrics is None:
                 suppressed.append(f"{label} {hour:%Y-%m-%d %H:00} UTC")
             rates.append(metrics.error_rate if metrics else None)
-            ttft.append(metrics.ttft.p90 if metrics else None)
+            p90 = metrics.ttft.p90 if metrics else None
+            ttft.append(p90 * 1000 if p90 is not None else None)  # seconds -> ms
         series[label] = {"error_rate": rates, "ttft_p90": ttft}
     return {
         "hours": [h.timestamp() for h in hours],

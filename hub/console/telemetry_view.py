@@ -60,7 +60,8 @@ def health(engine: Engine, chosen: TelemetryFilter, now: datetime, k: int) -> di
         for start in starts:
             metrics = found[start].metrics if start in found else None
             rates.append(metrics.error_rate if metrics else None)
-            ttft.append(metrics.ttft.p90 if metrics else None)
+            p90 = metrics.ttft.p90 if metrics else None
+            ttft.append(p90 * 1000 if p90 is not None else None)  # seconds -> ms
             speed.append(metrics.tokens_per_second if metrics else None)
         series[version] = {"error_rate": rates, "ttft_p90": ttft, "tokens_per_second": speed}
         hidden = [c for c in found.values() if c.suppressed]
@@ -79,6 +80,7 @@ def health(engine: Engine, chosen: TelemetryFilter, now: datetime, k: int) -> di
         )
     newest = sorted(cells, key=lambda c: c.start, reverse=True)[:TABLE_ROWS]
     return {
+        "step": chosen.bucket.hours * 3600,
         "hours": [s.timestamp() for s in starts],
         "series": series,
         "suppressed": suppressed,

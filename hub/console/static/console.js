@@ -25,7 +25,13 @@ function charts(root) {
     const series = [{}].concat(labels.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 2, spanGaps: false })));
     const values = [data.hours].concat(labels.map((label) => data.series[label][metric]));
     const width = Math.max(280, Math.min(box.clientWidth || 600, 900));
-    new uPlot({ title: box.dataset.title, width, height: 220, series }, values, box);
+    // Half a cell either side: one or two cells would otherwise stretch the axis over years.
+    const pad = (data.step || 3600) / 2;
+    const first = data.hours[0], last = data.hours[data.hours.length - 1];
+    const scales = { x: { time: true, auto: false, range: [first - pad, last + pad] } };
+    const points = { show: data.hours.length < 60 };
+    for (const s of series.slice(1)) s.points = points;
+    new uPlot({ title: box.dataset.title, width, height: 220, series, scales }, values, box);
     box.dataset.drawn = "1";
     box.setAttribute("role", "img");
     box.setAttribute("aria-label", box.dataset.title + ": " + labels.join(" against "));
