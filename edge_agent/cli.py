@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,8 +13,9 @@ import typer
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ApiConfig, load_config
+from edge_agent.installed.commands import register as register_installed_commands
 from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
-from edge_agent.program import Program, serve_http
+from edge_agent.program import ListenError, Program, listen, serve_http, url_of
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
     from edge_agent.runtime.service import ModelService
@@ -21,7 +23,9 @@ if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --v
     from edge_agent.sync.service import SyncService
     from edge_agent.telemetry.collector import Collector
     from edge_agent.telemetry.factory import Telemetry
+    from edge_agent.updates.chunks import ChunkSource
     from edge_agent.updates.manager import Outcome, UpdateManager
+    from edge_agent.updates.peer_server import PeerService
     from edge_agent.updates.source import ReleaseSource
 
 program = Program(
@@ -51,6 +55,19 @@ def _model(name_or_path: str | None) -> ModelRef:
         fail(str(exc), 2)
 
 
+def _model_folder(name_or_path: str | None) -> ModelRef:
+    """The model, its folder checked before any loading: one message, exit status 2."""
+    from edge_agent.runtime import inspect_model_folder
+    from edge_agent.runtime.errors import ModelFolderError
+
+    ref = _model(name_or_path)
+    try:
+        inspect_model_folder(ref.path)
+    except ModelFolderError as exc:
+        fail(str(exc), 2)
+    return ref
+
+
 def _service(ref: ModelRef, telemetry: Telemetry | None = None) -> ModelService:
     from edge_agent.runtime import RuntimeSettings, SchedulerLimits
     from edge_agent.runtime.service import ModelService
@@ -69,6 +86,7 @@ def _service(ref: ModelRef, telemetry: Telemetry | None = None) -> ModelService:
             max_batch_size=rt.max_batch_size,
             default_max_tokens=rt.default_max_tokens,
             retry_after_seconds=_config().api.retry_after_seconds,
+            prompt_cache_bytes=rt.prompt_cache_mib * 2**20,
         ),
         on_loaded=loaded,
         on_load_failed=failed,
@@ -148,11 +166,17 @@ def serve(
         inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
     except ModelFolderError as exc:
         fail(str(exc), 2)
+    try:  # before the slow work: a taken port is said at once
+        from edge_agent.installed.handoff import inherited_listener
+
+        sock = inherited_listener(api.host, api.port) or listen(api.host, api.port)
+    except ListenError as exc:
+        fail(str(exc))
     tune_allocator()  # before the server's threads start allocating
     _finish_interrupted_update()
     config = _config()
-    bind_host, bind_port = api.host, api.port
     sync = _start_sync()
+    peers = _start_peer_service(config)
     telemetry = _start_telemetry(sync)
     service = _service(ref, telemetry)
     usage = UsageRecorder(telemetry.collector if telemetry else None)
@@ -179,32 +203,82 @@ def serve(
             settled=settled,
         )
         watcher.start()
-    url = f"http://{bind_host}:{bind_port}"
-    typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
-    typer.echo(
-        f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{ref.name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
-        err=True,
-    )
+    url = url_of(sock)
+
+    hello = {"model": ref.name, "messages": [{"role": "user", "content": "Hello"}]}
+
+    def listening() -> None:  # printed once the server accepts requests, with the real port
+        typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
+        typer.echo(
+            f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{json.dumps(hello)}'",
+            err=True,
+        )
+
+    from edge_agent.installed.hooks import RESTART_EXIT, ServiceHooks
+
+    installed = ServiceHooks([service], url)  # READY=1 and watchdog; an A/B switch
     try:
-        serve_http(application, bind_host, bind_port)
+        installed.start()  # on the launcher's socket: only once the model is loaded
+        serve_http(application, api.host, api.port, sock=sock, on_listening=listening)
     finally:
+        installed.stop()
         if watcher is not None:
             watcher.stop(WATCHER_STOP_SECONDS)  # a version retiring mid-switch finishes first
         if telemetry is not None:
             telemetry.stop()  # the open window goes into the outbox before it closes
         if sync is not None:
             sync.stop()
+        if peers is not None:
+            peers.stop()
+    if installed.switching:  # drained: the launcher starts the new slot
+        raise typer.Exit(RESTART_EXIT)
+
+
+def _start_peer_service(config: AgentConfig) -> PeerService | None:
+    """The site's chunk server when `[peers] serve = true` (edge_agent.updates.peer_setup)."""
+    if not config.peers.serve:
+        return None
+    from edge_agent.updates.peer_setup import start_peer_service
+    from edge_agent.updates.peer_tls import PeerNotTrusted
+
+    try:
+        service = start_peer_service(config)
+    except (PeerNotTrusted, OSError) as exc:
+        fail(f"cannot serve chunks to peers: {exc}")
+    if service is not None:
+        typer.echo(f"  peers: serving this device's chunks at {service.url}", err=True)
+    return service
+
+
+def _peers_or_fail(config: AgentConfig) -> list[ChunkSource]:
+    from edge_agent.updates.peer_setup import configured_peers
+    from edge_agent.updates.peer_tls import PeerNotTrusted
+
+    try:
+        return configured_peers(config)
+    except PeerNotTrusted as exc:
+        fail(f"cannot fetch from the [peers] sources: {exc}")
 
 
 def _api_settings(host: str | None, port: int | None, insecure_no_auth: bool) -> ApiConfig:
     """The API config with the command line's address; refuses an open API on a network."""
+    from pydantic import ValidationError
+
     from edge_agent.api.hosts import is_loopback
 
     api = _config().api
-    api = api.model_copy(
-        update={"host": host or api.host, "port": api.port if port is None else port}
-    )
+    try:  # validated like the config file, so --port 80000 gets the same error
+        api = ApiConfig.model_validate(
+            {
+                **api.model_dump(),
+                "host": host or api.host,
+                "port": api.port if port is None else port,
+            }
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        fail(problems, 2)
     if is_loopback(api.host) or api.api_keys:
         return api
     if not insecure_no_auth:
@@ -279,12 +353,21 @@ def _start_telemetry(sync: SyncService | None) -> Telemetry | None:
 
 @app.command()
 def enroll(
-    hub_url: Annotated[str, typer.Argument(help="the hub, e.g. https://hub.example:8070")],
-    device_id: Annotated[str, typer.Option("--device-id", help="this device's id")],
+    hub_url: Annotated[
+        str | None, typer.Argument(help="the hub, e.g. https://hub.example:8070")
+    ] = None,
+    device_id: Annotated[str, typer.Option("--device-id", help="this device's id")] = "",
     token: Annotated[
         str,
         typer.Option(help="the token from `edge-hub device enroll` (<secret>@sha256:<CA hash>)"),
-    ],
+    ] = "",
+    offline: Annotated[
+        Path | None,
+        typer.Option(
+            help="enroll by USB stick: the first run writes the request, the run after "
+            "`edge-hub enroll-import` completes from the hub's answer"
+        ),
+    ] = None,
 ) -> None:
     """Join a fleet: check the hub against the token's CA fingerprint, make this device's
     key, get its certificate, trust the hub's releases. Writes nothing unless all checks
@@ -294,6 +377,25 @@ def enroll(
 
     config = _config()
     identity = identity_of(config)
+    if not device_id or not token:
+        fail("--device-id and --token are needed", 2)
+    if offline is not None:
+        from edge_agent.sync.enroll_offline import enroll_offline
+
+        try:
+            done = enroll_offline(
+                identity, offline, device_id, token, config.data_dir, config.trust_dir
+            )
+        except (EnrollmentFailed, ValueError, OSError) as exc:
+            fail(f"enrollment refused, nothing was changed on this device: {exc}")
+        if done is None:
+            typer.echo(f"request written to {offline}: take it to `edge-hub enroll-import`,")
+            typer.echo("  then run this command again with the stick to complete")
+        else:
+            typer.echo(f"enrolled as {done.device_id} by stick; the hub CA matched the token")
+        return
+    if hub_url is None:
+        fail("name the hub's https:// address, or pass --offline PATH", 2)
     try:
         enrolled = identity.enroll(hub_url, device_id, token, config.trust_dir)
     except (EnrollmentFailed, ValueError) as exc:
@@ -319,9 +421,10 @@ def run(
     """Generate once from a prompt, streaming to standard output."""
     from edge_agent.chat import ChatSession, SessionError
 
+    ref = _model_folder(model)
     text = sys.stdin.read() if prompt == "-" else prompt
     try:
-        session = ChatSession.open(_service(_model(model)))
+        session = ChatSession.open(_service(ref))
         params = session.params(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -343,25 +446,26 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="most tokens per answer")] = 512,
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.7,
 ) -> None:
-    """Chat with a model in the terminal (empty line or Ctrl-D ends)."""
-    from edge_agent.chat import ChatSession, SessionError
+    """Chat with a model in the terminal: line editing and history, Ctrl-C stops an
+    answer, /clear, /system, /bye (or Ctrl-D); /help lists the commands."""
+    import logging
 
+    from edge_agent.chat import ChatSession, SessionError
+    from edge_agent.chat_repl import ChatRepl, display_name
+
+    if logging.getLogger().level > logging.DEBUG:  # a clean screen unless --verbose
+        logging.getLogger().setLevel(logging.WARNING)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (input() gains line editing and history)
+    ref = _model_folder(model)
     try:
-        session = ChatSession.open(_service(_model(model)), system=system)
+        session = ChatSession.open(_service(ref), system=system)
         params = session.params(max_tokens=max_tokens, temperature=temperature)
-        typer.echo(f"chatting with {session.name}; an empty line or Ctrl-D ends", err=True)
-        while True:
-            try:
-                line = input("you> ")
-            except EOFError:
-                break
-            if not line.strip():
-                break
-            sys.stdout.write("model> ")
-            session.reply(line, params, sys.stdout)
-            sys.stdout.write("\n")
     except SessionError as exc:
         fail(str(exc))
+    history = _config().data_dir / "chat_history" if interactive else None
+    ChatRepl(session, params, history_file=history).run(display_name(ref.path, ref.name))
 
 
 @app.command()
@@ -397,9 +501,7 @@ def models() -> None:
         typer.echo("\t".join(parts))
         for version, usage in store.disk_usage(ref.name).items():
             # Versions share unchanged files: "adds" is what this one takes beyond older ones.
-            typer.echo(
-                f"  {version}\t{usage.size / 1e6:.1f} MB\tadds {usage.adds / 1e6:.1f} MB on disk"
-            )
+            typer.echo(f"  {version}\t{_bytes(usage.size)}\tadds {_bytes(usage.adds)} on disk")
 
 
 @app.command()
@@ -461,7 +563,8 @@ def update(
             config.updates.bandwidth_bytes_per_second,
             ca_file=hub_ca,
         )
-        with ReleaseSource(base, config.trust_dir, fetcher) as releases:
+        peers = _peers_or_fail(config)  # [peers] sources: asked for chunks before `origin`
+        with ReleaseSource(base, config.trust_dir, fetcher, peers=peers) as releases:
             for name in wanted:
                 try:
                     outcome = _update_one(manager, releases, name, version)
@@ -487,15 +590,136 @@ def _update_one(
 ) -> Outcome:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    from edge_agent import logs
+    from edge_agent.updates.machine import Phase
+
+    phases = {
+        Phase.DOWNLOADING: "downloading",
+        Phase.INSTALLING: "installing (verifying and assembling the files)",
+        Phase.ACTIVATING: "activating",
+        Phase.HEALTH_CHECK: "health check (loading the model, a short generation)",
+        Phase.ROLLING_BACK: "rolling back",
+    }
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
-    with Progress(*columns, TransferSpeedColumn(), transient=True) as bar:
+    # The logging handler writes to the same console: its lines appear above the bar.
+    with Progress(*columns, TransferSpeedColumn(), transient=True, console=logs.console()) as bar:
         task = bar.add_task(f"{name}: downloading", total=None)
-        return manager.update(
-            releases,
-            name,
-            version,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+
+        def entered(phase: Phase) -> None:
+            if phase in phases:
+                bar.update(task, description=f"{name}: {phases[phase]}")
+
+        try:
+            return manager.update(
+                releases,
+                name,
+                version,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                on_phase=entered,
+            )
+        except KeyboardInterrupt:
+            bar.stop()
+            fail(
+                f"{name}: update interrupted. What arrived is kept: run the same `edge-agent "
+                "update` again to resume (only missing chunks are fetched); the active "
+                "version keeps serving meanwhile",
+                130,
+            )
+
+
+@app.command("import")
+def import_stick(
+    stick: Annotated[Path, typer.Argument(help="the USB stick's folder (its mount point)")],
+) -> None:
+    """Install the releases of a USB bundle: verified like an online update, copied to a
+    private staging folder first; refused unless its authorisation names this device."""
+    from edge_agent.store import ModelStore
+    from edge_agent.sync.settings import identity_of
+    from edge_agent.updates.errors import UpdateError
+    from edge_agent.updates.manager import UpdateManager
+    from edge_agent.updates.offline import import_bundle
+
+    config = _config()
+    try:
+        enrolled = identity_of(config).enrollment()
+    except ValueError as exc:
+        fail(str(exc))
+    device_id = config.sync.device_id or (enrolled.device_id if enrolled else "")
+    if not device_id:
+        fail("this device has no id: enroll it (edge-agent enroll) or set [sync] device_id", 2)
+    _finish_interrupted_update()
+    manager = UpdateManager(ModelStore(config.data_dir), config.update_state_path)
+    try:
+        report = import_bundle(
+            stick,
+            manager,
+            trust_dir=config.trust_dir,
+            data_dir=config.data_dir,
+            device_id=device_id,
         )
+    except UpdateError as exc:
+        fail(f"the stick was refused: {exc}")
+    for outcome in report.outcomes:
+        state = "installed and active" if outcome.changed else "already active"
+        typer.echo(f"{outcome.model}: {outcome.version} {state}")
+    if enrolled is not None:  # what happened goes to the hub, by the link or the next stick
+        from edge_agent.sync.outbox import Outbox
+        from edge_agent.sync.settings import OUTBOX_FILE
+        from edge_agent.sync.stick_export import apply_receipts, queue_import_report
+
+        with Outbox(config.sync_dir / OUTBOX_FILE) as outbox:
+            dropped = apply_receipts(outbox, config.sync_dir, report.receipt_ids)
+            queue_import_report(
+                outbox,
+                device_id,
+                __version__,
+                manager.store,
+                [(o.model, o.version, _before(manager, o)) for o in report.outcomes],
+                report.failures,
+            )
+        if dropped:
+            typer.echo(f"the hub has {dropped} messages of this device: dropped from the outbox")
+    for error in report.errors:
+        typer.echo(f"edge-agent: {error}", err=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _before(manager: UpdateManager, outcome: Outcome) -> str | None:
+    """The version active before an install (the store's previous one once it changed)."""
+    if not outcome.changed:
+        return outcome.version
+    previous = manager.store.previous(outcome.model)
+    return previous.version if previous else None
+
+
+@app.command("export")
+def export_stick(
+    stick: Annotated[Path, typer.Argument(help="the USB stick's folder (its mount point)")],
+) -> None:
+    """Write the outbox (state, install events, anonymous telemetry) onto a stick for the
+    hub, signed by this device's key; messages stay until the hub's receipt comes back."""
+    from edge_agent.sync.outbox import Outbox
+    from edge_agent.sync.settings import OUTBOX_FILE, identity_of
+    from edge_agent.sync.stick_export import export_outbox
+
+    config = _config()
+    identity = identity_of(config)
+    try:
+        enrolled = identity.enrollment()
+    except ValueError as exc:
+        fail(str(exc))
+    if enrolled is None:
+        fail("this device is not enrolled: `edge-agent enroll --offline PATH` first", 2)
+    try:
+        with Outbox(config.sync_dir / OUTBOX_FILE) as outbox:
+            result = export_outbox(stick, outbox, identity, enrolled.device_id, config.sync_dir)
+    except (OSError, ValueError) as exc:
+        fail(f"nothing was exported: {exc}")
+    typer.echo(
+        f"{result.messages} messages and {result.telemetry} telemetry reports written to "
+        f"{stick}; they stay in the outbox until the hub's receipt returns on a stick"
+    )
 
 
 @app.command()
@@ -611,11 +835,35 @@ def _telemetry_policy(*, linked: bool) -> str:
     policy = _config().telemetry.policy
     if policy == "aggregate" and not linked:
         return "aggregate, but kept locally only: this device is in no fleet"
+    window = _window_words(_config().telemetry.window_seconds)
     return {
         "off": "off: nothing is collected",
-        "aggregate": "aggregate: hourly counts and histograms, anonymous, sent to the hub",
+        "aggregate": f"aggregate: counts and histograms per {window}, anonymous, sent to the hub",
         "local-log": "local-log: collected and logged here, never sent",
     }[policy]
+
+
+register_installed_commands(program)  # install-service, uninstall-service, doctor, self-update
+
+
+def _bytes(count: int) -> str:
+    """1451 -> '1.5 KB', 271616 -> '0.3 MB' (decimal units, as `models` shows sizes)."""
+    if count < 1000:
+        return f"{count} B"
+    if count < 100_000:
+        return f"{count / 1e3:.1f} KB"
+    if count < 100_000_000_000:
+        return f"{count / 1e6:.1f} MB"
+    return f"{count / 1e9:.1f} GB"
+
+
+def _window_words(seconds: int) -> str:
+    """3600 -> 'hour', 300 -> '5 minutes', 90 -> '90 seconds'."""
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{seconds} seconds"
 
 
 def main() -> None:

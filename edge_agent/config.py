@@ -26,6 +26,7 @@ __all__ = ["AgentConfig", "ConfigError", "load_config"]
 # A Host header value: a DNS name or IPv4 address, or a bracketed IPv6 address, then a port.
 HOST_PATTERN = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 ORIGIN_PATTERN = re.compile(r"https?://" + HOST_PATTERN.pattern)
+PEER_URL = re.compile(r"https://" + HOST_PATTERN.pattern + "/?")
 
 
 class _Section(BaseModel):
@@ -94,6 +95,9 @@ class RuntimeConfig(_Section):
     max_queued_requests: int = Field(16, ge=0)
     max_batch_size: int = Field(4, ge=1)
     default_max_tokens: int = Field(512, ge=1)
+    prompt_cache_mib: int = Field(
+        512, ge=0, description="memory for kept prompt prefixes, per model; 0 = off"
+    )
 
 
 class ModelsConfig(_Section):
@@ -140,6 +144,33 @@ class SyncConfig(_Section):
         return bool(self.broker_url and self.device_id)
 
 
+class PeersConfig(_Section):
+    """LAN peers (edge_agent.updates.chunks, peer_server): share verified chunks with the
+    other devices of a site over mutual TLS with the fleet's device certificates."""
+
+    serve: bool = Field(False, description="serve this device's chunks to its peers")
+    host: str = Field("127.0.0.1", description="loopback; a LAN address only when set here")
+    port: int = Field(8765, ge=1, le=65535)
+    sources: tuple[str, ...] = Field(
+        (), description="peers asked for chunks before the hub, e.g. https://10.0.0.7:8765"
+    )
+    crl_file: Path | None = Field(None, description="the hub's crl.pem: refuse revoked peers")
+    max_connections: int = Field(32, ge=1, description="beyond it a peer gets 503")
+    max_parallel_reads: int = Field(4, ge=1)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_are_https(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        for source in sources:
+            if not PEER_URL.fullmatch(source):
+                raise ValueError(
+                    f"'{source}' is not a peer address: write https://host:port (peers speak "
+                    "mutual TLS only, with no path)"
+                )
+        return sources
+
+
 class TelemetryConfig(_Section):
     """Anonymous usage telemetry (edge_agent.telemetry): aggregated, pseudonymous, no text."""
 
@@ -168,6 +199,7 @@ class AgentConfig(_Section):
     updates: UpdatesConfig = UpdatesConfig()
     sync: SyncConfig = SyncConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    peers: PeersConfig = PeersConfig()
 
     @property
     def data_dir(self) -> Path:

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edge_agent import __version__
-from edge_agent.program import Program, serve_http
+from edge_agent.program import ListenError, Program, serve_http
 from hub.config import HubConfig, load_config
+from hub.console.cli import app as user_app
+from hub.rollouts.cli import app as rollout_app
 from hub.telemetry.cli import app as telemetry_app
+from provisioning.cli import usb_app
 
 if TYPE_CHECKING:  # the registry pulls in python-tuf and cryptography: loaded when used
     from sqlalchemy import Engine
@@ -39,6 +42,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(device_app, name="device")
 app.add_typer(group_app, name="group")
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(user_app, name="user")
+app.add_typer(usb_app, name="usb")  # the same bundles as `edge-provision usb`
 
 RepoOption = Annotated[
     Path | None,
@@ -81,12 +87,109 @@ def _open(repo: Path | None, keys: Path | None) -> ReleaseRepository:
 # --- repo ---------------------------------------------------------------------------------
 
 
+@app.command("import")
+def import_stick(
+    stick: Annotated[Path, typer.Argument(help="the stick's folder (its mount point)")],
+    receipts: Annotated[
+        Path, typer.Option(help="where receipts wait for the next `usb export --receipts`")
+    ] = Path("~/.local/share/edge-hub/receipts"),
+) -> None:
+    """Ingest what devices of an air-gapped site wrote onto a stick, once; write receipts."""
+    from hub.ingest.consumer import token_verifier
+    from hub.telemetry.keys import seed_file
+    from provisioning.usb_import import describe, import_returns
+
+    config = _config()
+    with _database() as engine:
+        try:
+            summary = import_returns(
+                stick,
+                engine,
+                config.identity_dir / "ca.crt",
+                receipts.expanduser(),
+                token_verifier(seed_file(config.identity_dir)),
+            )
+        except OSError as exc:
+            fail(str(exc))
+    typer.echo(describe(summary))
+    if summary.refused_files:
+        raise typer.Exit(1)
+
+
+@app.command("enroll-import")
+def enroll_import(
+    stick: Annotated[Path, typer.Argument(help="the stick with devices' enrollment requests")],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Answer offline enrollment requests on a stick: check each token proof, issue the
+    certificate and write the device's configuration back onto the stick."""
+    from edge_agent.protocol import METADATA_DIR
+    from hub.fleet.authority import FleetAuthority
+    from hub.fleet.enrollment import EnrollmentDesk
+    from hub.fleet.https import tls_hosts
+    from provisioning.enroll_import import answer_requests, repository_roots
+
+    config = _config()
+    repository = _open(repo, keys)
+    authority = FleetAuthority(config)
+    host = tls_hosts(config.artifacts.host, config.artifacts.tls_names)[0]
+    with _database() as engine:
+        desk = EnrollmentDesk(
+            ca=authority.ca,
+            tokens=authority.enrollment_tokens,
+            downloads=authority.downloads,
+            engine=engine,
+            broker_url=config.broker.device_url,
+            director_keys=authority.director.public_pems,
+            tuf_root=repository.trusted_root_path(),
+        )
+        summary = answer_requests(
+            stick,
+            desk,
+            f"https://{host}:{config.artifacts.port}",
+            repository_roots(repository.root / METADATA_DIR),
+        )
+    for device_id in summary.enrolled:
+        typer.echo(f"{device_id}: enrolled; its answer is on the stick")
+    for reason in summary.refused:
+        typer.echo(f"edge-hub: refused {reason}", err=True)
+    if summary.refused:
+        raise typer.Exit(1)
+
+
+@repo_app.command("adopt-root")
+def repo_adopt_root(
+    root_file: Annotated[
+        Path, typer.Argument(help="N.root.json from `edge-provision rotate-root`")
+    ],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Publish the next root version, signed offline by the key ceremony."""
+    from hub.registry.errors import RegistryError
+
+    repository = _open(repo, keys)
+    try:
+        version = repository.adopt_root(root_file)
+    except (RegistryError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"root v{version} published; devices walk to it at their next update")
+
+
 @repo_app.command("init")
 def repo_init(
     repo: RepoOption = None,
     keys: KeysOption = None,
     root_keys: Annotated[int, typer.Option(help="how many root keys to make")] = 1,
     root_threshold: Annotated[int, typer.Option(help="root keys needed to sign a root")] = 1,
+    root_metadata: Annotated[
+        Path | None,
+        typer.Option(
+            help="root signed by the offline key ceremony (`edge-provision init-root`); "
+            "--keys is then its hub package (online keys only). Production uses this"
+        ),
+    ] = None,
 ) -> None:
     """Create a release repository and its signing keys."""
     from hub.registry.errors import RegistryError
@@ -95,11 +198,19 @@ def repo_init(
     root, keys_dir = _folders(repo, keys)
     try:
         created = ReleaseRepository.create(
-            root, keys_dir, root_keys=root_keys, root_threshold=root_threshold
+            root,
+            keys_dir,
+            root_keys=root_keys,
+            root_threshold=root_threshold,
+            root_metadata=root_metadata,
         )
-    except (RegistryError, ValueError) as exc:
+    except (RegistryError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"created a release repository in {created.root}")
+    if root_metadata is not None:
+        typer.echo(f"root from the key ceremony; online keys in {created.keys_dir}")
+        typer.echo(f"devices pin this root: {created.trusted_root_path()}")
+        return
     typer.echo(f"signing keys in {created.keys_dir} (move root-keys/ offline when not needed)")
     typer.echo(
         f"  root keys: {created.keys_dir / 'root-keys'}: keep OFFLINE (a key ceremony brings "
@@ -139,8 +250,7 @@ def model_import(
     ] = None,
 ) -> None:
     """Convert (if needed), smoke-test, chunk and sign a model release."""
-    from rich.console import Console
-
+    from edge_agent import logs
     from hub.registry.convert import ConversionError, QuantOptions
     from hub.registry.errors import RegistryError
     from hub.registry.importer import import_release
@@ -156,7 +266,7 @@ def model_import(
             accuracy_level=default.accuracy_level if accuracy_level is None else accuracy_level,
         )
     repository = _open(repo, keys)
-    console = Console(stderr=True, log_path=False)
+    console = logs.console()  # the log handler's too: its lines print above the spinner
     with console.status("starting") as status:
         current = ["starting"]
 
@@ -376,6 +486,9 @@ def device_show(device_id: Annotated[str, typer.Argument(help="the device's id")
             f"model {m.model}: active={m.active or '-'} previous={m.previous or '-'} "
             f"pending={m.pending or '-'} floor={m.floor or '-'} phase={m.phase} "
             f"(reported {m.updated_at})"
+            + (f"\n  held on the device: {m.held}" if m.held else "")
+            + (f"\n  last result: {m.last_result}" if m.last_result else "")
+            + (f": {m.last_error}" if m.last_error else "")
         )
     for e in details.recent_events:
         typer.echo(
@@ -431,22 +544,17 @@ def device_revoke(device_id: Annotated[str, typer.Argument(help="the device to c
     working."""
     from hub.fleet import registry
     from hub.fleet.authority import FleetAuthority
+    from hub.fleet.revocation import revoke_device
 
     authority = FleetAuthority(_config())
     try:
         with _database() as engine:
-            registry.get_device(engine, device_id)  # unknown: refused before anything changes
-            # A device that never finished enrolling holds no certificate: nothing to list.
-            issued = authority.ca.issued_to(device_id)
-            count = authority.ca.revoke(device_id) if issued else 0
-            cancelled = authority.enrollment_tokens.cancel(device_id)
-            authority.downloads.revoke(device_id)
-            registry.mark_revoked(engine, device_id)
+            done = revoke_device(authority, engine, device_id)
     except registry.RegistryError as exc:
         fail(str(exc))
     typer.echo(
-        f"revoked {device_id}: {count} certificate(s) on the revocation list, "
-        f"{cancelled} unused enrollment token(s) voided"
+        f"revoked {device_id}: {done.certificates} certificate(s) on the revocation list, "
+        f"{done.enrollment_tokens} unused enrollment token(s) voided"
     )
 
 
@@ -536,8 +644,14 @@ def serve(
     and enrollment (certificate from the hub's CA, made on first start)."""
     from hub.artifacts.server import create_app
     from hub.broker import BrokerError
+    from hub.console.accounts import ensure_first_admin
+    from hub.console.app import console_mount
+    from hub.console.sessions import ConsoleSessions
     from hub.fleet.enrollment import EnrollmentDesk, enrollment_route, hub_ca_route
     from hub.fleet.https import fingerprint, https_files, is_loopback, tls_hosts
+    from hub.rollouts.api import RolloutDesk, api_mount
+    from hub.rollouts.auth import OperatorTokens
+    from hub.rollouts.releases import repository_check
     from hub.service import HubService
     from hub.telemetry.issuance import TokenIssuer, token_route
 
@@ -568,6 +682,15 @@ def serve(
         tuf_root=repository.trusted_root_path(),
     )
     issuer = TokenIssuer(hub.engine, hub.token_keys)
+    rollout_desk = RolloutDesk(
+        engine=hub.engine,
+        releases=repository_check(repository),
+        key=authority.director.private_key,
+        authenticators=[
+            OperatorTokens(config.api.operator_tokens_file.expanduser()),
+            ConsoleSessions(hub.engine),
+        ],
+    )
     application = create_app(
         repository.root,
         authority.downloads,
@@ -575,8 +698,16 @@ def serve(
             hub_ca_route(authority.ca),
             enrollment_route(desk),
             token_route(issuer, authority.downloads),
+            api_mount(rollout_desk),
+            console_mount(
+                rollout_desk,
+                config.telemetry.k_anonymity,
+                repository=repository,
+                authority=authority,
+            ),
         ],
     )
+    one_time = ensure_first_admin(hub.engine)
     tls = None
     if not plain:
         files, made = https_files(authority.ca, tls_hosts(bind_host, config.artifacts.tls_names))
@@ -591,10 +722,15 @@ def serve(
     _say(f"edge-hub {__version__}: releases and enrollment at {scheme}://{bind_host}:{bind_port}")
     _say(f"  repository {repository.root}, database {_shown_url(config.database_url)}")
     _say(f"  telemetry token seed {hub.token_seed_file} stays private to the hub")
+    _say(f"  console at {scheme}://{bind_host}:{bind_port}/console/")
+    if one_time is not None:
+        _say(f"  first console user: admin, one-time password {one_time} (shown once)")
     where = hub.broker.description if hub.broker is not None else "external broker"
     _say(f"  {where} at {config.broker.hub_url}; devices connect to {config.broker.device_url}")
     try:
         serve_http(application, bind_host, bind_port, tls=tls)
+    except ListenError as exc:
+        fail(str(exc))
     finally:
         hub.stop()
 
@@ -651,8 +787,7 @@ def testmodel_build(
     ] = False,
 ) -> None:
     """Build (or reuse from the cache) a test model and print its folder."""
-    from rich.console import Console
-
+    from edge_agent import logs
     from hub.registry import synthetic
 
     if shape not in synthetic.RECIPES:
@@ -662,7 +797,7 @@ def testmodel_build(
         )
         raise typer.Exit(2)
     recipe = synthetic.RECIPES[shape]
-    console = Console(stderr=True)
+    console = logs.console()  # shared with the log handler; no source path after each line
     target = synthetic.model_dir_for(recipe)
     if (target / "genai_config.json").is_file():
         path = target

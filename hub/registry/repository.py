@@ -46,6 +46,7 @@ from edge_agent.protocol import (
     manifest_target,
     target_file,
 )
+from edge_agent.protocol.layout import MODEL_NAME
 from hub.registry.chunk_store import StoreStats, store_file
 from hub.registry.errors import (
     ReleaseNotFound,
@@ -55,7 +56,7 @@ from hub.registry.errors import (
 )
 from hub.registry.keys import ONLINE_ROLES, KeyStore
 from hub.registry.metadata_store import Expiry, MetadataStore
-from hub.registry.model_files import list_model_files
+from hub.registry.model_files import list_model_files, list_release_files
 from hub.registry.repo_settings import (
     SETTINGS_FILE,
     ExpiryDays,
@@ -103,8 +104,13 @@ class ReleaseRepository:
         root_keys: int = 1,
         root_threshold: int = 1,
         expiry: Expiry = Expiry(),  # noqa: B008 - frozen, so one shared default is safe
+        root_metadata: Path | None = None,
     ) -> ReleaseRepository:
-        """Make the keys and the first signed metadata (an empty release index)."""
+        """Make the keys and the first signed metadata (an empty release index).
+
+        `root_metadata`: a root signed by the offline key ceremony (`edge-provision
+        init-root`), whose online keys are in `keys_dir`; no root key is made here. Without
+        it the root keys are made in `keys_dir/root-keys/` (demos and tests)."""
         root, keys_dir = root.expanduser(), keys_dir.expanduser()
         if not 1 <= root_threshold <= root_keys:
             raise ValueError(
@@ -122,12 +128,16 @@ class ReleaseRepository:
         (root / METADATA_DIR).mkdir(exist_ok=True)
         with repo._locked(load=False):
             keys = repo._store.keys
-            with repo._store.edit_root() as new_root:
-                for _ in range(root_keys):
-                    new_root.add_key(keys.generate("root").public_key, "root")
-                new_root.roles["root"].threshold = root_threshold
-                for role in ONLINE_ROLES:
-                    new_root.add_key(keys.generate(role).public_key, role)
+            if root_metadata is not None:
+                repo._store.adopt_root(root_metadata.expanduser().read_bytes())
+                repo._require_online_keys()
+            else:
+                with repo._store.edit_root() as new_root:
+                    for _ in range(root_keys):
+                        new_root.add_key(keys.generate("root").public_key, "root")
+                    new_root.roles["root"].threshold = root_threshold
+                    for role in ONLINE_ROLES:
+                        new_root.add_key(keys.generate(role).public_key, role)
             store = repo._store
             with store.edit_targets() as targets:
                 targets.targets[INDEX_TARGET] = repo._write_index(ReleaseIndex())
@@ -152,6 +162,12 @@ class ReleaseRepository:
         with repo._locked():
             pass  # loads the metadata, so a damaged repository is reported now
         return repo
+
+    def adopt_root(self, root_file: Path) -> int:
+        """Publish the next root version, signed by the offline key ceremony
+        (`edge-provision rotate-root`); returns its version."""
+        with self._locked():
+            return self._store.adopt_root(root_file.expanduser().read_bytes())
 
     def trusted_root_path(self) -> Path:
         """The first root: what an agent pins at install and walks forward from."""
@@ -180,18 +196,25 @@ class ReleaseRepository:
         *,
         quantization: dict[str, Any] | None = None,
         requirements: Requirements | None = None,
+        kind: str = "model",
     ) -> ReleaseManifest:
-        """Chunk and sign a model folder as release `model` `version`."""
+        """Chunk and sign a model folder as release `model` `version`.
+
+        `kind="agent"`: the folder is the agent's offline installer (firmware-images/), not
+        a model; the manifest says so in a `kind` field, so no device takes it for a model."""
         with self._locked():
             target = self._check_new_release(model, version)
             self._require_online_keys()
-            files = list_model_files(model_dir.expanduser())
-            fields = {
+            folder = model_dir.expanduser()
+            files = list_model_files(folder) if kind == "model" else list_release_files(folder)
+            fields: dict[str, Any] = {
                 "model": model,
                 "version": version,
                 "requirements": requirements or Requirements(),
                 "quantization": quantization or {},
             }
+            if kind != "model":  # model manifests stay byte for byte what they were
+                fields["kind"] = kind
             _check_describable(model_dir, fields, files)  # before a chunk is written
             stats = StoreStats()
             entries = tuple(store_file(self.root, rel, path, stats) for rel, path in files)
@@ -347,12 +370,17 @@ class ReleaseRepository:
         return signed
 
     def _check_new_release(self, model: str, version: str) -> str:
+        if not MODEL_NAME.fullmatch(model):
+            raise ReleaseRefused(
+                f"invalid model name {model!r}: use 1-64 of a-z 0-9 . _ -, starting alphanumeric"
+            )
         try:
             target = manifest_target(model, version)
             wanted = Version(version)
-        except (ValueError, InvalidVersion) as exc:
+        except (ValueError, InvalidVersion):
             raise ReleaseRefused(
-                f"{exc}: model names are 1-64 of a-z 0-9 . _ -, versions look like 1.4.0"
+                f"invalid version {version!r}: versions look like 1.4.0 "
+                "(PEP 440; 1-64 of 0-9 A-Z a-z . + _ -)"
             ) from None
         taken = [*self._read_index().versions(model), *self._settings.revoked.get(model, [])]
         if any(Version(v) == wanted for v in taken):
