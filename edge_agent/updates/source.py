@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import Updater, UpdaterConfig
 
+from edge_agent.atomic import make_dirs, write_atomic
 from edge_agent.protocol import (
     INDEX_TARGET,
     METADATA_DIR,
@@ -61,14 +62,15 @@ def pin_root(trust_dir: Path, root_json: Path, *, replace: bool = False) -> None
     target = trust_dir / ROOT_FILE
     if target.exists() and not replace:
         raise NotTrusted(f"{target} already holds a trusted root; pass --replace to change it")
+    data = root_json.read_bytes()
     try:
-        Metadata[Root].from_bytes(root_json.read_bytes())
+        Metadata[Root].from_bytes(data)
     except Exception as exc:  # the Metadata API raises several kinds for bad input
         raise NotTrusted(f"{root_json} is not TUF root metadata: {exc}") from exc
-    trust_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(trust_dir)
     for stale in ("timestamp.json", "snapshot.json", "targets.json"):
         (trust_dir / stale).unlink(missing_ok=True)
-    shutil.copyfile(root_json, target)
+    write_atomic(target, data)  # the trust anchor must survive a power cut whole
 
 
 class ReleaseSource:
