@@ -12,9 +12,10 @@ the enrolled devices):
     demo.json           which test model the releases were made from
 
 The steps are the operator's: `edge-hub serve`, `edge-hub device enroll`, `edge-agent
-enroll|update|serve`, `edge-hub device assign`, each as a child process. Every child runs
-in its own process group, so Ctrl-C reaches only this process, which stops the agents,
-then the hub, then whatever is left in their groups (the hub's broker).
+enroll|update|serve`, `edge-hub rollout create` (the second release, waiting for approval in
+the console, whose URL and admin login the summary prints), each as a child process. Every
+child runs in its own process group, so Ctrl-C reaches only this process, which stops the
+agents, then the hub, then whatever is left in their groups (the hub's broker).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -60,10 +62,12 @@ GROUP = "demo"
 FIRST = "1.0.0"
 SECOND = "1.0.1"  # the first with another sampling default: one changed file to update
 SECOND_SEARCH = {"top_k": 40}
+DEMO_OPERATOR = "demo"  # creates the rollout; the admin approves it (a second operator)
+FINAL_STATES = ("completed", "aborted", "rolled_back")
+ONE_TIME_PASSWORD = re.compile(r"first console user: admin, one-time password (\S+)")
 HUB_PORT = 8070
 AGENT_PORT = 8080
 START_TIMEOUT_S = 120.0
-UPDATE_TIMEOUT_S = 300.0  # the small model's health check loads 200 MB on every device
 STOP_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 600.0
 BIN = Path(sys.executable).parent
@@ -289,6 +293,9 @@ class Demo:
         self.agents: dict[str, Child] = {}
         self.ports: dict[str, int] = {}
         self._taken: set[int] = set()
+        self.rollout: int | None = None
+        self._hub_log_from = 0
+        self.admin_password: str | None = None  # the hub prints it once, on its first start
 
     # --- the whole run -------------------------------------------------------------------
 
@@ -333,6 +340,7 @@ class Demo:
         self._start_hub()
         self._join_devices()
         self._roll_out()
+        self._admin_password()
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -508,6 +516,8 @@ class Demo:
             [str(BIN / "edge-hub"), "--config", str(self.layout.hub_config), "serve"],
             self.layout.logs / "hub.log",
         )
+        log = self.layout.logs / "hub.log"
+        self._hub_log_from = log.stat().st_size if log.exists() else 0
         with self._step(f"starting the hub at {self.hub_url}") as step:
             self.hub.start()
             self._wait("the hub to answer", self._hub_up, START_TIMEOUT_S)
@@ -619,19 +629,41 @@ class Demo:
             step.result = f"{device}: {MODEL} {FIRST} installed (verified against the TUF root)"
 
     def _roll_out(self) -> None:
-        command = ["device", "assign", MODEL, SECOND, "--group", GROUP]
-        with self._step(f"rolling out {MODEL} {SECOND} to group {GROUP}") as step:
-            self._cli(f"assigning {MODEL} {SECOND}", [*self._hub_cli(), *command])
-            for device in self.devices:
-                step.detail(f"waiting for {device}")
-                self._wait(
-                    f"{device} to report {MODEL} {SECOND} active",
-                    partial(self._reports, device, SECOND),
-                    UPDATE_TIMEOUT_S,
-                )
-            step.result = (
-                f"`edge-hub {' '.join(command)}`: every device reports {MODEL} {SECOND} active"
+        """A rollout of the second release, created and waiting for a second operator's
+        approval in the console (each of its two waves); a rerun reuses an unfinished one."""
+        from hub.rollouts import store
+
+        with self._database() as engine:
+            waiting = [
+                r for r in store.list_rollouts(engine)
+                if r.model == MODEL and r.version == SECOND and r.state not in FINAL_STATES
+            ]  # fmt: skip
+        if waiting:
+            self.rollout = waiting[-1].id
+            self.console.print(f"[green]✓[/] rollout {self.rollout} of {MODEL} {SECOND} (reused)")
+            return
+        command = [
+            "rollout", "create", "--model", MODEL, "--version", SECOND, "--group", GROUP,
+            "--waves", "50,100", "--soak", "15", "--approval", "--operator", DEMO_OPERATOR,
+        ]  # fmt: skip
+        with self._step(f"creating a rollout of {MODEL} {SECOND} to group {GROUP}") as step:
+            said = self._cli(
+                f"creating the rollout of {MODEL} {SECOND}", [*self._hub_cli(), *command]
             )
+            found = re.search(r"created rollout (\d+)", said)
+            if found is None:
+                raise DemoError(f"`edge-hub {' '.join(command)}` said no rollout id: {said}")
+            self.rollout = int(found[1])
+            step.result = (
+                f"rollout {self.rollout} of {MODEL} {SECOND}: waiting for approval in the console"
+            )
+
+    def _admin_password(self) -> None:
+        """The first admin's one-time password, from the banner of the hub's first start."""
+        with (self.layout.logs / "hub.log").open("rb") as log:
+            log.seek(self._hub_log_from)  # this run's lines: the log grows run after run
+            found = ONE_TIME_PASSWORD.search(log.read().decode(errors="replace"))
+        self.admin_password = found[1] if found else None
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -687,9 +719,6 @@ class Demo:
             return False
         return (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) >= since
 
-    def _reports(self, device: str, version: str) -> bool:
-        return self._active(device) == version
-
     def _ready(self, device: str) -> bool:
         try:
             url = f"{self.agent_url(device)}/readyz"
@@ -740,6 +769,15 @@ class Demo:
             "",
             f"  hub      {self.hub_url}  (releases, enrollment; broker "
             f"mqtts://127.0.0.1:{self.ports['broker']})",
+            f"  console  {self.hub_url}/console/  (the browser warns once: the hub's own CA "
+            f"{self.layout.hub / 'identity' / 'ca.crt'} signs it)",
+            "  login    "
+            + (
+                f"admin / {self.admin_password}  (one-time: choose your own at the first login)"
+                if self.admin_password
+                else "admin, with the password you chose (a new one-time one: "
+                "`edge-hub user passwd admin`)"
+            ),
         ]
         for device in self.devices:
             lines.append(
@@ -747,6 +785,9 @@ class Demo:
                 "OpenAI-compatible)"
             )
         lines += [
+            "",
+            f"Roll out {MODEL} {SECOND}: open rollout {self.rollout} in the console "
+            f"({self.hub_url}/console/rollouts/{self.rollout}) and approve each wave",
             "",
             "Ask a device:",
             f"  curl {self.agent_url(first)}/v1/chat/completions "

@@ -1,15 +1,19 @@
 """`edge-hub demo` as `scripts/run` runs it: a hub with a managed Mosquitto and two agents,
-a rollout to 1.0.1, an OpenAI request to a device, then SIGTERM and nothing left behind."""
+a rollout to 1.0.1 waiting in the console (whose printed login works) and approved for both
+waves, an OpenAI request to a device, then SIGTERM and nothing left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
+import httpx
 from openai import OpenAI
 
 from hub.demo import leftovers
@@ -35,7 +39,15 @@ def test_demo_fleet_rolls_out_serves_and_stops_cleanly(tmp_path: Path) -> None:
 
         database = f"sqlite:///{folder / 'hub' / 'hub.sqlite3'}"
         for device in ("demo-1", "demo-2"):
-            assert active_on_hub(database, device, "demo") == "1.0.1", err.read_text()
+            assert active_on_hub(database, device, "demo") == "1.0.0", err.read_text()
+        _console_login(summary, folder)
+        _approve_both_waves(summary, folder)
+        for device in ("demo-1", "demo-2"):
+            wait_for(
+                lambda d=device: active_on_hub(database, d, "demo") == "1.0.1",  # type: ignore[misc]
+                f"{device} on 1.0.1",
+                120,
+            )
         assert f"EDGE_HUB_CONFIG={folder / 'hub.toml'}" in summary
         assert "edge-hub device show demo-1" in summary
         _pasted_into_a_new_terminal(summary)
@@ -58,6 +70,40 @@ def test_demo_fleet_rolls_out_serves_and_stops_cleanly(tmp_path: Path) -> None:
             demo.wait()
         for pid in leftovers(folder):  # never leave a broker or an agent to the next test
             os.kill(pid, signal.SIGKILL)
+
+
+def _console_login(summary: str, folder: Path) -> None:
+    """The printed console answers over HTTPS (the hub's CA) and takes the printed login."""
+    url = re.search(r"console\s+(https://127\.0\.0\.1:\d+/console/)", summary)
+    login = re.search(r"login\s+admin / (\S+)", summary)
+    assert url is not None and login is not None, summary
+    trusted = ssl.create_default_context(cafile=folder / "hub" / "identity" / "ca.crt")
+    with httpx.Client(verify=trusted, timeout=30) as client:
+        done = client.post(url[1] + "login", data={"name": "admin", "password": login[1]})
+        assert done.status_code == 303, done.text
+        assert client.get(url[1]).headers["location"] == "/console/password"  # one-time
+
+
+def _approve_both_waves(summary: str, folder: Path) -> None:
+    """The rollout waits for a second operator (the admin) before each of its two waves."""
+    found = re.search(r"open rollout (\d+) in the console", summary)
+    assert found is not None, summary
+    env = {**os.environ, "EDGE_HUB_CONFIG": str(folder / "hub.toml")}
+    hub = [str(BIN / "edge-hub"), "rollout"]
+
+    def state() -> str:
+        shown = subprocess.run(
+            [*hub, "status", found[1], "--json"], env=env, capture_output=True, text=True
+        )
+        return str(json.loads(shown.stdout)["state"])
+
+    for wave in (1, 2):
+        wait_for(lambda: state() == "waiting_approval", f"wave {wave} waiting for approval", 120)
+        approved = subprocess.run(
+            [*hub, "approve", found[1], "--operator", "admin"], env=env, capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert approved.returncode == 0, approved.stderr
 
 
 def _pasted_into_a_new_terminal(summary: str) -> None:
