@@ -289,9 +289,10 @@ def usb_export(
     except (IndexError, ValueError) as exc:
         _fail(f"--release takes MODEL=VERSION: {exc}", 2)
     held = None
+    desired = None
     if db:
         from hub.db import make_engine
-        from provisioning.fleet_state import held_versions, site_devices
+        from provisioning.fleet_state import desired_states, held_versions, site_devices
 
         engine = make_engine(db)
         try:
@@ -299,6 +300,7 @@ def usb_export(
         except ValueError as exc:
             _fail(str(exc), 2)
         held = None if full else held_versions(engine, devices)
+        desired = desired_states(engine, devices)
     if not devices:
         _fail("name the devices the stick is for: --device ID or --group NAME with --db", 2)
     roots = sorted(
@@ -327,6 +329,7 @@ def usb_export(
                 validity=timedelta(days=days),
                 progress=progress,  # type: ignore[arg-type]
                 receipts_dir=receipts.expanduser() if receipts else None,
+                desired=desired,
             )
     except (CeremonyError, ExportError, OSError, ValueError) as exc:
         _fail(str(exc))

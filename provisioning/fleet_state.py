@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from hub.db import session
-from hub.fleet.models import Device, ReportedModelState
+from hub.fleet.models import DesiredRecord, Device, ReportedModelState
 
 
 def site_devices(engine: Engine, devices: list[str], groups: list[str]) -> list[str]:
@@ -42,3 +42,12 @@ def held_versions(engine: Engine, device_ids: list[str]) -> dict[str, list[tuple
                 if version:
                     held[row.device_id].append((row.model, version))
     return held
+
+
+def desired_states(engine: Engine, device_ids: list[str]) -> dict[str, bytes]:
+    """device id -> its newest signed desired state (SignedDesired JSON), where it has one."""
+    with session(engine) as db:
+        rows = db.exec(
+            select(DesiredRecord).where(col(DesiredRecord.device_id).in_(device_ids))
+        ).all()
+        return {row.device_id: row.signed.encode() for row in rows}

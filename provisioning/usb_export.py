@@ -5,7 +5,8 @@ an old root walks forward), the release index, the manifests of the named releas
 only the chunks some named device lacks, judged from what each last reported (its active
 and previous versions; a device that never reported gets every chunk). Chunks keep the
 repository's names (`chunks/<aa>/<sha256>`), so a device's store and a LAN peer use the
-same paths.
+same paths. Each device's signed desired state (with its maintenance window) goes along when
+the hub database has one.
 
 Then the authorisation, signed by the offline-bundle key: the releases, the devices (named
 or through their group), the site, a validity of at most 90 days, the hash of the
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from edge_agent.protocol.bundle import (
     AUTHORISATION_FILE,
     BUNDLE_DIR,
     DEFAULT_VALIDITY,
+    DESIRED_DIR,
     RECEIPTS_DIR,
     REPOSITORY_DIR,
     Authorisation,
@@ -114,6 +117,7 @@ def export_bundle(
     now: datetime | None = None,
     progress: Progress | None = None,
     receipts_dir: Path | None = None,
+    desired: Mapping[str, bytes] | None = None,
 ) -> ExportSummary:
     """Write `stick`/edge-bundle/ for `devices`; `held`: device id -> (model, version) it
     holds (from its last report); `receipts_dir`: where `edge-hub import` keeps receipts."""
@@ -168,6 +172,15 @@ def export_bundle(
         if receipt is not None and receipt.is_file():
             plan.append((f"{RECEIPTS_DIR}/{device}.json", receipt, None))
 
+    # Each device's signed desired state (with its window), as the hub's database holds it.
+    desired_dir = Path(tempfile.mkdtemp(prefix="edge-bundle-desired-"))
+    for device, signed in sorted((desired or {}).items()):
+        if device in devices:
+            source = desired_dir / f"{device}.json"
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_bytes(signed)
+            plan.append((f"{DESIRED_DIR}/{device}.json", source, None))
+
     total = sum(source.stat().st_size for _rel, source, _sha in plan)
     files: list[BundleFile] = []
     done = 0
@@ -193,6 +206,7 @@ def export_bundle(
         files=files,
     )
     (bundle / AUTHORISATION_FILE).write_bytes(sign_authorisation(authorisation, signers))
+    shutil.rmtree(desired_dir, ignore_errors=True)
     _sync_tree(bundle)
     verify_stick(stick, root, progress)
     return ExportSummary(bundle, authorisation, sum(wanted.values()), release_bytes, done)

@@ -9,6 +9,8 @@ Layout of a stick (PATH is the folder the operator names, usually the stick's mo
                                                  the named devices lack
     PATH/edge-bundle/repository/receipts/<device-id>.json   message ids the hub has stored
                                                  (from an earlier stick): the device may drop them
+    PATH/edge-bundle/repository/desired/<device-id>.json    the device's signed desired state
+                                                 (director key) with its maintenance window
     PATH/edge-returns/devices/<device-id>/<export-id>.json  what a device writes back: state
                                                  reports and install events, signed by its key
     PATH/edge-returns/telemetry/<random>.json    its anonymous telemetry, unsigned and apart
@@ -56,6 +58,7 @@ RETURNS_DIR = "edge-returns"
 DEVICE_RETURNS_DIR = "devices"
 TELEMETRY_RETURNS_DIR = "telemetry"
 RECEIPTS_DIR = "receipts"
+DESIRED_DIR = "desired"
 ENROLL_DIR = "edge-enroll"
 MAX_ENROLL_FILE_BYTES = 4 * 1024 * 1024
 MAX_RETURN_BYTES = 256 * 1024 * 1024
@@ -71,7 +74,7 @@ MAX_FILE_BYTES = 4 * 1024**3
 MAX_DEVICES = 100_000
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
-_TOP_DIRS = ("metadata", "targets", "chunks", "receipts")
+_TOP_DIRS = ("metadata", "targets", "chunks", RECEIPTS_DIR, DESIRED_DIR)
 
 
 def _relative_path(value: str) -> str:

@@ -6,7 +6,10 @@
    this device accepted (a clock set back cannot revive an expired stick).
 2. Copy the files it lists into a private staging folder, each checked by size and sha256
    (edge_agent.updates.stick); the stick is not read again.
-3. Verify the TUF metadata in staging with python-tuf, as of the authorisation's
+3. Verify the signed desired state the stick carries for this device, if any
+   (edge_agent.updates.stick_desired): only the releases it names install, and only
+   inside its maintenance window.
+4. Verify the TUF metadata in staging with python-tuf, as of the authorisation's
    `issued_at` (the hub saw it fresh then; the timestamp is pinned by hash), and install
    each named release through the same UpdateManager as online updates: version floors,
    the active version and the failed list still refuse an older or bad release.
@@ -40,6 +43,7 @@ from edge_agent.protocol.bundle import (
     Authorisation,
     AuthorisationRefused,
     BundleFile,
+    BundleRelease,
     Receipt,
     offline_role,
     verify_authorisation,
@@ -51,6 +55,7 @@ from edge_agent.updates.fetchers import FolderFetcher
 from edge_agent.updates.manager import Outcome, Progress, UpdateManager
 from edge_agent.updates.source import ROOT_FILE, ReleaseSource
 from edge_agent.updates.stick import StickRefused, copy_verified, read_capped
+from edge_agent.updates.stick_desired import desired_on_stick, plan, verify_on_stick
 
 STAGING_DIR = "import-staging"
 TIME_FLOOR_FILE = "offline-time.json"
@@ -66,6 +71,10 @@ class ImportReport:
     # Messages of this device that the hub has stored (from an earlier export): the
     # caller drops them from the outbox.
     receipt_ids: list[str] = field(default_factory=list)
+    # What the desired state on the stick held back (edge_agent.updates.stick_desired).
+    notes: list[str] = field(default_factory=list)
+    window_closed: bool = False  # its maintenance window is closed: nothing was installed
+    window_opens: datetime | None = None
 
 
 def _trusted_root(trust_dir: Path) -> Root:
@@ -140,7 +149,13 @@ def import_bundle(
     try:
         _copy_to_staging(stick / BUNDLE_DIR / REPOSITORY_DIR, staging, authorisation, progress)
         _raise_time_floor(data_dir, authorisation.issued_at)
-        report = _install(staging, manager, trust_dir, authorisation)
+        signed = desired_on_stick(staging, device_id)
+        state = verify_on_stick(signed, data_dir, device_id, authorisation) if signed else None
+        allowed = plan(authorisation, state, now)
+        report = _install(staging, manager, trust_dir, authorisation, allowed.releases)
+        report.notes = allowed.skipped
+        report.window_opens = allowed.waiting_until
+        report.window_closed = allowed.window_closed
         receipt = _receipt(staging, device_id)
         if receipt is not None:
             report.receipt_ids = receipt.message_ids
@@ -205,7 +220,11 @@ def _receipt(staging: Path, device_id: str) -> Receipt | None:
 
 
 def _install(
-    staging: Path, manager: UpdateManager, trust_dir: Path, authorisation: Authorisation
+    staging: Path,
+    manager: UpdateManager,
+    trust_dir: Path,
+    authorisation: Authorisation,
+    releases: list[BundleRelease],
 ) -> ImportReport:
     report = ImportReport(authorisation)
     source = ReleaseSource(staging.as_uri() + "/", trust_dir, FolderFetcher())
@@ -214,7 +233,7 @@ def _install(
     # expiry check (tests/updates/test_airgap_import.py fails if that ever changes).
     source._updater._trusted_set.reference_time = authorisation.issued_at
     with source:
-        for release in authorisation.releases:
+        for release in releases:
             try:
                 report.outcomes.append(manager.update(source, release.model, release.version))
             except UpdateError as exc:
