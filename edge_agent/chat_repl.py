@@ -9,11 +9,13 @@ and a line ending in a backslash goes on on the next one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from edge_agent.chat import ChatSession, SessionError
 from edge_agent.runtime import SamplingParams
@@ -128,7 +130,7 @@ class ChatRepl:
         self.out.write("model> ")
         self.out.flush()
         try:
-            self.session.reply(text, self.params, self.out)
+            self.session.reply(text, self.params, cast(TextIO, _Printable(self.out)))
             self.out.write("\n")
         except KeyboardInterrupt:
             self.out.write("\n")
@@ -159,3 +161,22 @@ class ChatRepl:
         with contextlib.suppress(OSError):
             self.history_file.parent.mkdir(parents=True, exist_ok=True)
             readline.write_history_file(self.history_file)
+
+
+# C0 controls but tab and newline, DEL and C1 controls: a model's text must not move the
+# cursor, clear the screen or send escape sequences to the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _Printable(io.TextIOBase):
+    """Writes what a model says with its control characters shown as U+FFFD."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        self._out.write(_CONTROL.sub("\ufffd", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()

@@ -40,8 +40,9 @@ class Terminal:
         self._tmux("send-keys", "-t", "t", "-l", text)
 
     def screen(self) -> str:
-        # -J joins wrapped lines (and keeps trailing spaces, dropped here)
-        lines = self._tmux("capture-pane", "-p", "-J", "-t", "t").splitlines()
+        # The whole scrollback (-S -): long answers scroll earlier prompts off the pane.
+        # -J joins wrapped lines (and keeps trailing spaces, dropped here).
+        lines = self._tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "t").splitlines()
         return "\n".join(line.rstrip() for line in lines)
 
     def lines(self) -> list[str]:
@@ -54,7 +55,11 @@ class Terminal:
             if test(screen):
                 return screen
             time.sleep(0.02)
-        raise AssertionError(f"the screen never showed {what}:\n{self.screen()}")
+        screen = self.screen()
+        tail = "\n".join(line[:100] for line in screen.splitlines()[-12:])
+        raise AssertionError(
+            f"the screen never showed {what} ({prompts(screen)} prompts); it ends:\n{tail}"
+        )
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
@@ -74,11 +79,18 @@ def idle(count: int) -> Callable[[str], bool]:
     return check
 
 
-def answering(count: int) -> Callable[[str], bool]:
-    """An answer has begun after the `count`-th prompt, and no prompt followed it yet."""
+def after_prompt(screen: str, number: int) -> str:
+    """The screen after the `number`-th prompt's line (1 is the first)."""
+    lines = screen.splitlines()
+    found = [n for n, line in enumerate(lines) if re.match(r"you>( |$)", line)]
+    return "\n".join(lines[found[number - 1] + 1 :]) if len(found) >= number else ""
+
+
+def answer_began(number: int) -> Callable[[str], bool]:
+    """The question typed at the `number`-th prompt has an answer on the screen."""
 
     def check(screen: str) -> bool:
-        return bool(re.search(r"^model> \S", screen, re.MULTILINE)) and prompts(screen) == count
+        return "model> " in after_prompt(screen, number) or prompts(screen) > number
 
     return check
 
@@ -122,13 +134,14 @@ def test_chat_in_a_terminal(chat: Terminal) -> None:
         before = prompts(chat.wait(idle(before + 1), "the conversation cleared"))
         chat.type(f"tell me more {attempt}")
         chat.keys("Enter")
-        chat.wait(answering(before), "an answer beginning")
+        chat.wait(answer_began(before), "an answer beginning")
         chat.keys("C-c")
         screen = chat.wait(idle(before + 1), "a prompt after Ctrl-C")
-        if "[stopped" in screen:
+        if "[stopped" in after_prompt(screen, before):
             break
+        time.sleep(0.5)  # a Ctrl-C that found the prompt: let its own lines arrive
     else:
-        raise AssertionError(f"Ctrl-C never caught an answer in flight:\n{chat.screen()}")
+        raise AssertionError("Ctrl-C never caught an answer in flight")
 
     # Ctrl-C at the prompt only says how to leave.
     before = prompts(chat.screen())
@@ -162,3 +175,4 @@ def test_chat_commands_and_blocks(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert "system prompt: answer briefly" in result.stderr
     assert "(conversation cleared)" in result.stderr
     assert "unknown command /nope" in result.stderr
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout  # no terminal control
