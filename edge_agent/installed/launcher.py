@@ -12,6 +12,11 @@ a trial that crashes the machine or the launcher count as failed on the next sta
 bad release cannot loop. Every state change is one atomic rename, so a kill -9 or a power
 cut at any step leaves a committed slot to start.
 
+With `--listen HOST:PORT` the launcher holds the API's socket and hands it to each agent:
+a switch then starts the new slot beside the serving one, which drains only once the new
+one is ready, so no connection is refused and no request fails (tests/installed/
+test_handover.py). Without it the old agent drains first and exits RESTART_EXIT.
+
 Standard library only, one file: it runs with the system's Python and must keep working
 whatever a slot holds.
 """
@@ -44,6 +49,11 @@ DEFAULT_DEADLINE_SECONDS = 120.0
 SLOT_ENV = "EDGE_AGENT_SLOT"
 ROOT_ENV = "EDGE_AGENT_INSTALL_ROOT"
 STOP_SECONDS = 30.0
+# The API's listening socket, held by the launcher and handed to every agent generation:
+# between two of them connections wait in its backlog instead of being refused.
+LISTEN_FD_ENV = "EDGE_AGENT_LISTEN_FD"
+LISTEN_BACKLOG = 2048
+POLL_SECONDS = 0.5
 
 
 class LauncherError(Exception):
@@ -184,6 +194,27 @@ def notify_manager(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
+def bind_listener(address: str) -> socket.socket:
+    """`HOST:PORT` bound and listening, inheritable by the agents the launcher starts."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise LauncherError(f"--listen {address!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        sock.close()
+        raise LauncherError(
+            f"cannot listen on {address}: {exc.strerror}; stop what holds the port "
+            f"(`ss -ltnp 'sport = :{port}'`) or change --listen and [api] port together"
+        ) from exc
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _die_with_parent() -> None:
     """The child gets SIGKILL when the launcher dies (kill -9 included), as systemd's
     control-group kill would do; no orphan keeps the port."""
@@ -192,10 +223,17 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    def __init__(self, root: Path, agent_args: list[str], deadline: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        agent_args: list[str],
+        deadline: float,
+        listener: socket.socket | None = None,
+    ) -> None:
         self.root = root
         self.agent_args = agent_args
         self.deadline = deadline
+        self.listener = listener  # held: a switch overlaps the old and the new agent
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -204,14 +242,20 @@ class Launcher:
         env = dict(os.environ)
         env.update({"NOTIFY_SOCKET": relay.path, SLOT_ENV: slot, ROOT_ENV: str(self.root)})
         env.pop("WATCHDOG_PID", None)  # the child's pings come to us, then go on
+        fds: tuple[int, ...] = ()
+        if self.listener is not None:
+            fds = (self.listener.fileno(),)
+            env[LISTEN_FD_ENV] = str(fds[0])
         relay.ready.clear()
         _say(f"starting slot {slot}: {binary} {' '.join(self.agent_args)}")
         return subprocess.Popen(
-            [str(binary), *self.agent_args], env=env, preexec_fn=_die_with_parent
+            [str(binary), *self.agent_args], env=env, pass_fds=fds, preexec_fn=_die_with_parent
         )
 
-    def _stop_child(self, sig: int = signal.SIGTERM) -> int:
-        child = self.child
+    def _stop_child(
+        self, sig: int = signal.SIGTERM, child: subprocess.Popen[bytes] | None = None
+    ) -> int:
+        child = child or self.child
         if child is None:
             return 0
         if child.poll() is None:
@@ -228,14 +272,17 @@ class Launcher:
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signum)
 
-    def _wait_ready(self, relay: _Relay) -> str | None:
+    def _wait_ready(
+        self, relay: _Relay, child: subprocess.Popen[bytes] | None = None
+    ) -> str | None:
         """None once the child said READY=1; else why it failed."""
-        assert self.child is not None
+        child = child or self.child
+        assert child is not None
         end = time.monotonic() + self.deadline
         while time.monotonic() < end:
             if relay.ready.wait(0.2):
                 return None
-            code = self.child.poll()
+            code = child.poll()
             if code is not None:
                 return f"the agent exited with status {code} before it served"
             if self.stopping:
@@ -246,15 +293,62 @@ class Launcher:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        relay = _Relay()
+        self.relay = _Relay()
         try:
-            return self._loop(relay)
+            return self._loop()
         finally:
             self._stop_child()
-            relay.close()
+            self.relay.close()
+            if self.listener is not None:
+                self.listener.close()
 
-    def _loop(self, relay: _Relay) -> int:
+    def _supervise(self) -> int:
+        """Wait for the child to exit; with the socket held, hand over to a trial slot
+        while the child still serves."""
+        assert self.child is not None
         while True:
+            code = self.child.poll()
+            if code is not None or self.listener is None:
+                return self.child.wait()
+            if not self.stopping:
+                try:
+                    state = load_state(self.root)
+                except LauncherError as exc:
+                    _say(f"{exc}; the running agent keeps serving")
+                    state = SlotState()
+                if state.trial is not None:
+                    self._hand_over(state)
+            time.sleep(POLL_SECONDS)
+
+    def _hand_over(self, state: SlotState) -> None:
+        """Start the trial slot beside the serving agent on the same socket. The new one
+        accepts only once its model is loaded (edge_agent.installed.handoff); at its READY=1
+        it is committed and the old one drains (SIGTERM: in-flight requests finish). A trial
+        that fails never took a request: it is stopped and the old agent serves on."""
+        state.trial_boots += 1
+        save_state(self.root, state)  # counted before the start: a crash counts
+        if state.trial_boots > MAX_TRIAL_BOOTS:
+            why = "the launcher or the machine stopped during its trial start"
+            _finish_trial(self.root, state, ok=False, reason=why)
+            return
+        assert state.trial is not None
+        relay = _Relay()
+        new = self._spawn(state.trial, relay)
+        failure = self._wait_ready(relay, new)
+        if failure is not None:
+            self._stop_child(child=new)
+            relay.close()
+            _finish_trial(self.root, state, ok=False, reason=failure)
+            return
+        old, old_relay = self.child, self.relay
+        self.child, self.relay = new, relay
+        _finish_trial(self.root, state, ok=True, reason="served its model")
+        self._stop_child(child=old)  # drains: uvicorn finishes what it accepted
+        old_relay.close()
+
+    def _loop(self) -> int:
+        while True:
+            relay = self.relay  # a hand-over replaces it
             state = load_state(self.root)
             if state.trial is not None:
                 state.trial_boots += 1
@@ -283,9 +377,7 @@ class Launcher:
                         "with the installer's `install` script first"
                     )
                 self.child = self._spawn(state.committed, relay)
-            code = self.child.wait()
-            while code is None:  # pragma: no cover - wait() returns the code
-                code = self.child.poll()
+            code = self._supervise()
             if self.stopping:
                 return code
             if load_state(self.root).trial is not None:
@@ -302,12 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/opt/edge-agent"))
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_SECONDS,
                         help="seconds a trial slot has to serve its model")  # fmt: skip
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="hold the API's socket (the agent's [api] host and port) and "
+                        "hand it to each agent: a switch refuses no connection")  # fmt: skip
     parser.add_argument("agent_args", nargs=argparse.REMAINDER,
                         help="arguments for edge-agent (default: serve)")  # fmt: skip
     options = parser.parse_args(argv)
     args = [a for a in options.agent_args if a != "--"] or ["serve"]
     try:
-        return Launcher(options.root, args, options.deadline).run()
+        listener = bind_listener(options.listen) if options.listen else None
+        return Launcher(options.root, args, options.deadline, listener).run()
     except LauncherError as exc:
         _say(f"error: {exc}")
         return 2

@@ -36,6 +36,7 @@ class UnitSettings:
     user: str = DEFAULT_USER
     trial_deadline_seconds: int = 120
     watchdog_seconds: int = 60
+    listen: str = "127.0.0.1:8080"  # the agent's [api] host:port, held by the launcher
 
 
 def render_unit(settings: UnitSettings) -> str:
@@ -58,7 +59,7 @@ Group={settings.user}
 Environment=EDGE_AGENT_CONFIG={settings.config}
 Environment=PYTHONDONTWRITEBYTECODE=1
 ExecStart={settings.python} -I {launcher} --root {settings.root} \
-    --deadline {settings.trial_deadline_seconds} -- serve
+    --deadline {settings.trial_deadline_seconds} --listen {settings.listen} -- serve
 # Loading a model and, after a self-update, falling back may both take a while.
 TimeoutStartSec={settings.trial_deadline_seconds * 2 + 60}
 TimeoutStopSec=60

@@ -44,7 +44,10 @@ class ModelService:
         self._loaded = threading.Event()
 
     def load(self) -> None:
-        """Load in this thread; afterwards `ready` or `error` tells how it went."""
+        """Load in this thread; afterwards `ready` or `error` tells how it went. Once: an
+        agent that loaded before accepting (a launcher hand-over) skips its lifespan's load."""
+        if self._loaded.is_set():
+            return
         try:
             self.loaded_from = self.path.resolve()
             self.model = LoadedModel.load(self.name, self.loaded_from, self.settings)

@@ -131,18 +131,22 @@ class Launched:
 
 
 def launch(root: Path, model: Path, data: Path, notify: Notifications | None,
-           *, port: int | None = None, deadline: float = 30) -> Launched:  # fmt: skip
+           *, port: int | None = None, deadline: float = 30, hold_socket: bool = False,
+           extra_env: dict[str, str] | None = None) -> Launched:  # fmt: skip
+    """`hold_socket`: the launcher holds the API socket (--listen) and hands it down."""
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["EDGE_AGENT__STORE__DIR"] = str(data)
     env["EDGE_AGENT__TELEMETRY__POLICY"] = "off"
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
+    env.update(extra_env or {})
+    held = ["--listen", f"127.0.0.1:{port}"] if hold_socket else []
     log = root / f"launcher-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-I", launcher_module.__file__, "--root", str(root), "--deadline",
-             str(deadline), "--", "serve", "--model", str(model), "--name", "tiny", "--port",
+             str(deadline), *held, "--", "serve", "--model", str(model), "--name", "tiny", "--port",
              str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
