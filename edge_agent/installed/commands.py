@@ -3,7 +3,6 @@ self-update. Registered on the `edge-agent` command line by edge_agent/cli.py.""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -33,7 +32,10 @@ def register(program: Program[AgentConfig]) -> None:
     ) -> None:
         """Install the hardened systemd unit (started by the A/B launcher)."""
         interpreter = python or Path(sys.executable).resolve()
-        settings = units.UnitSettings(python=interpreter, root=root, config=config, user=user)
+        api = program.config.api  # the launcher holds this socket across agent switches
+        settings = units.UnitSettings(
+            python=interpreter, root=root, config=config, user=user, listen=f"{api.host}:{api.port}"
+        )
         try:
             written = units.install_service(settings, unit_dir, enable=enable)
         except (OSError, RuntimeError) as exc:
@@ -101,7 +103,7 @@ def _self_update(
 ) -> None:
     from edge_agent.installed.launcher import LauncherError, load_state, other_slot, request_trial
     from edge_agent.installed.policy import load_policy
-    from edge_agent.installed.release import AGENT_RELEASE, fetch_installer
+    from edge_agent.installed.release import AGENT_RELEASE, fetch_installer, run_installer
     from edge_agent.installed.switch import launched_slot
     from edge_agent.updates.errors import UpdateError
     from edge_agent.updates.fetchers import fetcher_for
@@ -137,22 +139,9 @@ def _self_update(
             with tempfile.TemporaryDirectory(prefix=".incoming-", dir=install_root) as staging:
                 folder = Path(staging) / "installer"
                 fetch_installer(releases, wanted, folder)  # every byte verified first
-                _run_installer(folder, install_root, target, config)
+                run_installer(folder, install_root, target, config.data_dir)
     except UpdateError as exc:
         fail(str(exc))
     request_trial(install_root, target, wanted)
     typer.echo(f"edge-agent {wanted} installed in slot {target}; the service switches to it "
                "once its requests are done, and falls back if it does not serve")  # fmt: skip
-
-
-def _run_installer(folder: Path, root: Path, slot: str, config: AgentConfig) -> None:
-    """The release's own install script, offline, into the slot that does not run."""
-    from edge_agent.updates.errors import UpdateError
-
-    done = subprocess.run(
-        ["bash", str(folder / "install"), "--root", str(root), "--slot", slot, "--no-system",
-         "--state-dir", str(config.data_dir), "--config-dir", str(folder / "unused-config")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise UpdateError(f"the installer failed, nothing switched: {done.stderr.strip()[-2000:]}")

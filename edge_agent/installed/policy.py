@@ -29,6 +29,14 @@ class SelfUpdatePolicy:
             return f"self-updates are deferred until {self.deferred_until}"
         return None
 
+    def hold(self, now: datetime) -> str | None:
+        """What the device's user holds back now, said for the operator, or None."""
+        if self.pinned is not None:
+            return f"pinned to {self.pinned} on the device (edge-agent self-update --unpin)"
+        if self.deferred_until and datetime.fromisoformat(self.deferred_until) > now:
+            return f"self-updates deferred on the device until {self.deferred_until}"
+        return None
+
 
 def parse_duration(text: str) -> timedelta:
     found = _DURATION.match(text.strip())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from pathlib import Path
 
 from edge_agent.atomic import fsync_dir
@@ -63,3 +64,16 @@ def _write_files(source: ReleaseSource, manifest: ReleaseManifest, into: Path) -
                 whole.update(data)
         if whole.hexdigest() != entry.sha256:
             raise RepositoryError(f"{entry.path} does not match the signed manifest")
+
+
+def run_installer(folder: Path, root: Path, slot: str, state_dir: Path) -> None:
+    """The verified release's own install script, offline, into the slot that does not run."""
+    done = subprocess.run(
+        ["bash", str(folder / "install"), "--root", str(root), "--slot", slot, "--no-system",
+         "--state-dir", str(state_dir), "--config-dir", str(folder / "unused-config")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RepositoryError(
+            f"the installer failed, nothing switched: {done.stderr.strip()[-1500:]}"
+        )

@@ -143,6 +143,8 @@ class ModelReport(Wire):
     floor: ReleaseVersion | None = None  # nothing older installs (the persisted version floor)
     # `pending` is downloaded and waits for the maintenance window, which opens then.
     activates_at: UtcDateTime | None = None
+    # Why the device's user holds this release back (a pinned or deferred agent update).
+    held: ErrorText | None = None
 
 
 class ReportedState(Wire):

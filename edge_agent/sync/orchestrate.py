@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 
 
+class HeldBack(Exception):
+    """The device's user holds this release back (a pinned or deferred agent): reported
+    with the reason, not a failure, and no install event."""
+
+
+class ActivatesElsewhere(Exception):
+    """Installed; another process activates it (the agent's next slot, after a switch):
+    reported as installed and pending until that process reports its health."""
+
+
 class DesiredApplier:
     def __init__(
         self,
@@ -45,10 +55,12 @@ class DesiredApplier:
         install: Callable[[str, str], str | None],
         nudge: Callable[[], None] = lambda: None,
         describe: Callable[[str], ModelReport] | None = None,
+        held: Callable[[str, str], str | None] = lambda model, version: None,
     ) -> None:
         """`active_version(model)`: what runs now. `install(model, version)`: install it,
         return the version active afterwards, raise with a readable message on failure.
-        `describe(model)`: the model's report (active, previous, floor) before results."""
+        `describe(model)`: the model's report (active, previous, floor) before results.
+        `held(model, version)`: why the device's user holds it back (no install starts)."""
         self.outbox = outbox
         self.device_id = device_id
         self.agent_version = agent_version
@@ -56,6 +68,7 @@ class DesiredApplier:
         self.install = install
         self.nudge = nudge
         self.describe = describe or (lambda model: ModelReport(active=self.active_version(model)))
+        self.held = held
 
     def _send(self, payload: InstallEvent | ReportedState) -> None:
         enqueue(self.outbox, Envelope.of(payload, device_id=self.device_id))
@@ -67,6 +80,12 @@ class DesiredApplier:
             current = self.active_version(model)
             if current == release.version:
                 reports[model] = self.describe(model)
+                continue
+            hold = self.held(model, release.version)
+            if hold is not None:
+                reports[model] = self.describe(model).model_copy(
+                    update={"pending": release.version, "held": hold[:MAX_ERROR_CHARS]}
+                )
                 continue
             self._send(
                 InstallEvent(
@@ -89,6 +108,24 @@ class DesiredApplier:
                 )
                 reports[model] = self.describe(model).model_copy(
                     update={"pending": release.version, "activates_at": waiting.opens_at}
+                )
+                continue
+            except HeldBack as held:
+                reports[model] = self.describe(model).model_copy(
+                    update={"pending": release.version, "held": str(held)[:MAX_ERROR_CHARS]}
+                )
+                continue
+            except ActivatesElsewhere:
+                self._send(
+                    InstallEvent(
+                        model=model,
+                        version=release.version,
+                        event=UpdateEvent.INSTALLED,
+                        from_version=current,
+                    )
+                )
+                reports[model] = self.describe(model).model_copy(
+                    update={"pending": release.version}
                 )
                 continue
             except Exception as exc:  # any failure is reported, never swallowed silently

@@ -14,6 +14,10 @@ fleet. `SyncService` then runs, inside `edge-agent serve`:
     window     a desired state with a maintenance window: outside it the release is only
                downloaded (edge_agent.sync.window); a one-off job at the window's opening
                installs it. The waiting state is kept in a file, so a restart keeps waiting.
+    agent      the release `edge-agent` (the agent itself) goes to edge_agent.installed.fleet:
+               installed into the other slot and switched to inside the window, unless the
+               device's user pinned or deferred it (reported as `held`); a trial's result is
+               reported by whichever agent runs after it.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig
+from edge_agent.installed.fleet import AGENT_RELEASE, AgentSelfUpdate
 from edge_agent.protocol import DesiredState, Envelope, ModelReport, ReportedState
 from edge_agent.protocol.telemetry import UpdateOutcome
 from edge_agent.store import ModelStore
 from edge_agent.sync.jobs import JobIntervals, build_scheduler, heartbeat_job
 from edge_agent.sync.link import Link, enqueue
-from edge_agent.sync.orchestrate import DesiredApplier
+from edge_agent.sync.orchestrate import ActivatesElsewhere, DesiredApplier, HeldBack
 from edge_agent.sync.outbox import Outbox
 from edge_agent.sync.settings import OUTBOX_FILE, SyncSettings
 from edge_agent.sync.state import load_director_keys
@@ -43,6 +48,8 @@ from edge_agent.updates.manager import UpdateManager
 log = logging.getLogger(__name__)
 
 WINDOW_JOB = "maintenance-window"
+AGENT_TRIAL_JOB = "agent-trial-result"
+AGENT_TRIAL_CHECK_SECONDS = 5
 
 
 class SyncService:
@@ -62,6 +69,7 @@ class SyncService:
         self._install_lock = threading.Lock()  # desired state and the retry job, one at a time
         self._last_desired: DesiredState | None = None
         self._held = HeldDesired(config.sync_dir)
+        self.agent = AgentSelfUpdate(config.data_dir, config.sync_dir, agent_version)
         self.link = Link(
             self.outbox,
             device_id=settings.device_id,
@@ -84,6 +92,9 @@ class SyncService:
             install=self._install,
             nudge=self.link.flush,
             describe=self.describe,
+            held=lambda model, version: (
+                self.agent.blocked(version) if model == AGENT_RELEASE else None
+            ),
         )
         self.scheduler: BackgroundScheduler = build_scheduler(
             JobIntervals(
@@ -97,6 +108,11 @@ class SyncService:
             update_check=self.retry_desired,
             housekeeping=self._housekeeping,
         )
+        if self.agent.root is not None:  # under the launcher: a fallback leaves us running
+            self.scheduler.add_job(
+                self.report_agent_trial, "interval", seconds=AGENT_TRIAL_CHECK_SECONDS,
+                id=AGENT_TRIAL_JOB,
+            )  # fmt: skip
 
     def _director_keys(self) -> dict[str, Ed25519PublicKey]:
         path = self.settings.director_keys
@@ -110,6 +126,7 @@ class SyncService:
 
     def start(self) -> None:
         self.link.start()
+        self.report_agent_trial()
         self.report()
         self.scheduler.start()
         held = self._held.load(self.link.sequences.load(), datetime.now(UTC))
@@ -127,6 +144,8 @@ class SyncService:
     # --- reports -------------------------------------------------------------------------
 
     def describe(self, model: str) -> ModelReport:
+        if model == AGENT_RELEASE:
+            return self.agent.report()
         active, previous = self.store.active(model), self.store.previous(model)
         floor = self.store.floor(model)
         return ModelReport(
@@ -137,17 +156,35 @@ class SyncService:
 
     def report(self) -> None:
         """Queue what runs now (at start, so the hub sees the device's state at once)."""
+        if self.agent.superseded():
+            return
+        models = {model: self.describe(model) for model in self.store.models()}
+        if self.agent.root is not None:  # installed with slots: the agent is a release too
+            models[AGENT_RELEASE] = self.agent.report()
         state = ReportedState(
             agent_version=self.agent_version,
-            models={model: self.describe(model) for model in self.store.models()},
+            models=models,
             desired_sequence=self.link.sequences.load(),
         )
         enqueue(self.outbox, Envelope.of(state, device_id=self.settings.device_id))
         self.link.flush()
 
+    def report_agent_trial(self) -> None:
+        """The result of the last agent switch (committed, or fallen back and why), once."""
+        if self.agent.superseded():
+            return
+        event = self.agent.unreported_result()
+        if event is None:
+            return
+        enqueue(self.outbox, Envelope.of(event, device_id=self.settings.device_id))
+        self.agent.mark_reported()
+        self.report()
+
     # --- desired state -------------------------------------------------------------------
 
     def _active_version(self, model: str) -> str | None:
+        if model == AGENT_RELEASE:
+            return self.agent.active_version()
         active = self.store.active(model)
         return active.version if active else None
 
@@ -203,10 +240,13 @@ class SyncService:
             peers = configured_peers(self.config)  # LAN peers first, verified as always
             with ReleaseSource(base, self.config.trust_dir, fetcher, peers=peers) as releases:
                 if window is not None and not window.is_open(now):
-                    prefetch(self.manager, releases, model, version)
+                    if model != AGENT_RELEASE:
+                        prefetch(self.manager, releases, model, version)
                     raise WaitingForWindow(model, version, window.next_open(now))
+                if model == AGENT_RELEASE:
+                    self.agent.install(releases, version)  # raises: held, failed or switching
                 outcome = self.manager.update(releases, model, version)
-        except WaitingForWindow:
+        except (WaitingForWindow, HeldBack, ActivatesElsewhere):
             raise
         except Exception:
             self._count_outcome(model, version, UpdateOutcome.FAILED)
@@ -236,10 +276,17 @@ class SyncService:
                 for model, release in state.models.items()
                 if self._active_version(model) != release.version
                 and release.version not in failed.get(model, [])
+                and not self._agent_rests(model, release.version)
             }
             if due:
                 log.info("retrying the desired releases: %s", ", ".join(sorted(due)))
                 self.applier(state.model_copy(update={"models": due}))
+
+    def _agent_rests(self, model: str, version: str) -> bool:
+        """The agent release is not retried while held, on trial or failed here."""
+        if model != AGENT_RELEASE:
+            return False
+        return self.agent.settled(version) or self.agent.blocked(version) is not None
 
     def _housekeeping(self) -> None:
         report = self.store.gc()

@@ -122,6 +122,8 @@ class ReportedModelState(FleetTable, table=True):
     phase: str = Field(max_length=32)
     last_result: str | None = Field(default=None, max_length=32)
     last_error: str | None = Field(default=None, max_length=2000)
+    # Why the device's user holds this release back (a pinned or deferred agent update).
+    held: str | None = Field(default=None, max_length=2000)
     agent_version: str = Field(max_length=64)
     message_id: str = Field(max_length=MESSAGE_ID_CHARS)
     updated_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))

@@ -328,6 +328,7 @@ def _reported(
                     "phase": str(report.phase),
                     "last_result": None if report.last_result is None else str(report.last_result),
                     "last_error": report.last_error,
+                    "held": report.held,
                     "agent_version": e.payload.agent_version,
                     "message_id": e.message_id,
                     "updated_at": at,
