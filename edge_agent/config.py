@@ -158,6 +158,10 @@ class PeersConfig(_Section):
     max_connections: int = Field(32, ge=1, description="beyond it a peer gets 503")
     max_parallel_reads: int = Field(4, ge=1)
     timeout_seconds: float = Field(10.0, gt=0)
+    discover: bool = Field(
+        False, description="find and announce peers by mDNS/DNS-SD on the LAN (zeroconf)"
+    )
+    discover_seconds: float = Field(2.0, gt=0, le=30, description="how long to listen")
 
     @field_validator("sources")
     @classmethod

@@ -272,6 +272,10 @@ def usb_export(
     receipts: Annotated[
         Path | None, typer.Option(help="receipts folder of `edge-hub import` to carry back")
     ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="a site peer's chunk server, https://host:port (repeat)"),
+    ] = None,
 ) -> None:
     """Write the releases, only the chunks the site lacks, and a signed authorisation."""
     from tuf.api.metadata import Metadata, Root
@@ -330,6 +334,7 @@ def usb_export(
                 progress=progress,  # type: ignore[arg-type]
                 receipts_dir=receipts.expanduser() if receipts else None,
                 desired=desired,
+                peers=list(peer or []),
             )
     except (CeremonyError, ExportError, OSError, ValueError) as exc:
         _fail(str(exc))

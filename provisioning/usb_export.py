@@ -118,6 +118,7 @@ def export_bundle(
     progress: Progress | None = None,
     receipts_dir: Path | None = None,
     desired: Mapping[str, bytes] | None = None,
+    peers: list[str] | None = None,
 ) -> ExportSummary:
     """Write `stick`/edge-bundle/ for `devices`; `held`: device id -> (model, version) it
     holds (from its last report); `receipts_dir`: where `edge-hub import` keeps receipts."""
@@ -202,6 +203,7 @@ def export_bundle(
         releases=releases,
         devices=sorted(set(devices)),
         groups=sorted(set(groups)),
+        peers=list(dict.fromkeys(peers or [])),
         timestamp_sha256=_sha256_file(metadata / "timestamp.json"),
         files=files,
     )

@@ -97,6 +97,12 @@ def _sha256(value: str) -> str:
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
 Sha256 = Annotated[str, AfterValidator(_sha256)]
 DeviceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+# A site peer's chunk server: https://host:port, nothing more (peers speak mutual TLS only).
+PeerUrl = Annotated[
+    str,
+    Field(max_length=300, pattern=r"^https://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"),
+]
+MAX_SITE_PEERS = 256
 
 
 class BundleFile(BaseModel):
@@ -128,6 +134,9 @@ class Authorisation(BaseModel):
     releases: Annotated[list[BundleRelease], Field(min_length=1, max_length=64)]
     devices: Annotated[list[DeviceId], Field(min_length=1, max_length=MAX_DEVICES)]
     groups: Annotated[list[str], Field(max_length=1024)] = []
+    # The site's chunk peers: a device that imported this bundle asks them for chunks on
+    # later updates (each chunk still checked against the signed manifest).
+    peers: Annotated[list[PeerUrl], Field(max_length=MAX_SITE_PEERS)] = []
     timestamp_sha256: Sha256
     files: Annotated[list[BundleFile], Field(max_length=MAX_FILES)]
 

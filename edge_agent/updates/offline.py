@@ -53,6 +53,7 @@ from edge_agent.updates import capacity
 from edge_agent.updates.errors import NotTrusted, Refused, UpdateError
 from edge_agent.updates.fetchers import FolderFetcher
 from edge_agent.updates.manager import Outcome, Progress, UpdateManager
+from edge_agent.updates.site_peers import record_site_peers
 from edge_agent.updates.source import ROOT_FILE, ReleaseSource
 from edge_agent.updates.stick import StickRefused, copy_verified, read_capped
 from edge_agent.updates.stick_desired import desired_on_stick, plan, verify_on_stick
@@ -149,6 +150,7 @@ def import_bundle(
     try:
         _copy_to_staging(stick / BUNDLE_DIR / REPOSITORY_DIR, staging, authorisation, progress)
         _raise_time_floor(data_dir, authorisation.issued_at)
+        record_site_peers(data_dir, authorisation)
         signed = desired_on_stick(staging, device_id)
         state = verify_on_stick(signed, data_dir, device_id, authorisation) if signed else None
         allowed = plan(authorisation, state, now)

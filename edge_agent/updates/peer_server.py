@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,7 @@ class PeerService:
         self.server = peer_server(app, tls, host=host, port=port, max_connections=max_connections)
         self.url = f"https://{host}:{port}"
         self._thread = threading.Thread(target=self.server.run, name="peer-chunks", daemon=True)
+        self.on_stop: list[Callable[[], None]] = []  # e.g. withdraw its LAN announcement
 
     def start(self, timeout_seconds: float = 10.0) -> None:
         self._thread.start()
@@ -236,5 +238,7 @@ class PeerService:
             time.sleep(0.01)
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
+        for action in self.on_stop:
+            action()
         self.server.should_exit = True
         self._thread.join(timeout_seconds)
