@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,8 +57,16 @@ class SwitchRequested(ActivatesElsewhere):
 
 
 class AgentSelfUpdate:
-    def __init__(self, data_dir: Path, state_dir: Path, running_version: str) -> None:
-        """`data_dir`: where the policy lives; `state_dir`: the sync folder (reports)."""
+    def __init__(
+        self,
+        data_dir: Path,
+        state_dir: Path,
+        running_version: str,
+        online: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """`data_dir`: where the policy lives; `state_dir`: the sync folder (reports);
+        `online()`: the link reaches the hub now (then so must the next agent)."""
+        self.online = online
         self.data_dir = data_dir
         self.state_dir = state_dir
         self.running_version = running_version
@@ -149,7 +158,7 @@ class AgentSelfUpdate:
             fetch_installer(releases, version, folder)  # every byte verified first
             run_installer(folder, self.root, target, self.data_dir)
         try:
-            request_trial(self.root, target, version)
+            request_trial(self.root, target, version, needs_hub=self.online())
         except LauncherError as exc:
             raise UpdateError(str(exc)) from exc
         log.warning("edge-agent %s installed in slot %s: switching to it", version, target)

@@ -9,11 +9,11 @@ Without a held socket this agent drains itself and exits RESTART_EXIT for the la
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from edge_agent.installed.handoff import handed_down
-from edge_agent.installed.launcher import RESTART_EXIT
+from edge_agent.installed.launcher import RESTART_EXIT, LauncherError, load_state
 from edge_agent.installed.readiness import Readiness
 from edge_agent.installed.switch import SwitchWatcher, launched_slot
 
@@ -24,12 +24,21 @@ __all__ = ["RESTART_EXIT", "ServiceHooks"]
 
 
 class ServiceHooks:
-    def __init__(self, services: Sequence[ModelService], url: str) -> None:
+    def __init__(
+        self,
+        services: Sequence[ModelService],
+        url: str,
+        hub_reached: Callable[[], bool] | None = None,
+    ) -> None:
+        """`hub_reached`: the fleet link is connected (None when the agent has no link)."""
         for wildcard in ("//0.0.0.0:", "//[::]:"):  # reach our own wildcard bind on loopback
             url = url.replace(wildcard, "//127.0.0.1:")
         self._services = services
-        self._readiness = Readiness(services, url)
         launched = launched_slot()
+        self._launched = launched
+        self._readiness = Readiness(
+            services, url, hub_required=self._trial_needs_hub, hub_reached=hub_reached
+        )
         self._switch = SwitchWatcher(*launched) if launched and not handed_down() else None
 
     def start(self) -> None:
@@ -52,6 +61,17 @@ class ServiceHooks:
         self._readiness.stop()
         if self._switch is not None:
             self._switch.stop()
+
+    def _trial_needs_hub(self) -> bool:
+        """This start is a trial that must reach the hub (its predecessor was online)."""
+        if self._launched is None:
+            return False
+        root, slot = self._launched
+        try:
+            state = load_state(root)
+        except LauncherError:
+            return False
+        return state.trial == slot and state.trial_needs_hub
 
     @property
     def switching(self) -> bool:

@@ -69,6 +69,8 @@ class SlotState:
     last_result: dict[str, Any] | None = None  # slot, version, ok, reason, at
     failed_versions: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # The agent that asked for the trial was online: the new one must reach the hub too.
+    trial_needs_hub: bool = False
 
 
 def state_path(root: Path) -> Path:
@@ -114,13 +116,14 @@ def other_slot(slot: str | None) -> str:
     return "b" if slot == "a" else "a"
 
 
-def request_trial(root: Path, slot: str, version: str) -> None:
-    """Mark `slot` (freshly installed) for one trial start; the agent then exits with
-    RESTART_EXIT and the launcher starts it."""
+def request_trial(root: Path, slot: str, version: str, *, needs_hub: bool = False) -> None:
+    """Mark `slot` (freshly installed) for one trial start; the launcher starts it.
+    `needs_hub`: its health check includes reaching the hub (the asking agent was online)."""
     state = load_state(root)
     if slot == state.committed:
         raise LauncherError(f"slot {slot} is the committed one; install into the other slot")
     state.trial, state.trial_version, state.trial_boots = slot, version, 0
+    state.trial_needs_hub = needs_hub
     save_state(root, state)
 
 
@@ -136,6 +139,7 @@ def _finish_trial(root: Path, state: SlotState, *, ok: bool, reason: str) -> Slo
     elif version and version not in state.failed_versions:
         state.failed_versions.append(version)
     state.trial, state.trial_version, state.trial_boots = None, None, 0
+    state.trial_needs_hub = False
     save_state(root, state)
     _say(
         f"slot {slot} ({version}): "
@@ -159,6 +163,7 @@ class _Relay:
         self._sock.bind(self.path)
         self._sock.settimeout(0.2)
         self.ready = threading.Event()
+        self.status = ""  # the child's last STATUS=, said when it fails its deadline
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -171,8 +176,12 @@ class _Relay:
                 continue
             except OSError:
                 return
-            if b"READY=1" in data.split(b"\n"):
+            lines = data.split(b"\n")
+            if b"READY=1" in lines:
                 self.ready.set()
+            for line in lines:
+                if line.startswith(b"STATUS="):
+                    self.status = line[7:].decode(errors="replace")
             notify_manager(data.decode(errors="replace"))
 
     def close(self) -> None:
@@ -288,7 +297,8 @@ class Launcher:
             if self.stopping:
                 return "stopped before it served"
             notify_manager("WATCHDOG=1")  # the launcher is alive while it waits
-        return f"the agent did not serve within {self.deadline:g} s"
+        last = f" (its last status: {relay.status})" if relay.status else ""
+        return f"the agent did not pass its health check within {self.deadline:g} s{last}"
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)

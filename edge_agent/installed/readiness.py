@@ -1,11 +1,13 @@
 """Tell the service manager (systemd, or the launcher during an A/B switch) when the agent
-really serves: its model is loaded and its own HTTP port answers. Then keep the watchdog
-fed for as long as the port keeps answering."""
+really serves: its model is loaded and its own HTTP port answers, and, on a trial start
+whose previous agent was online, its link reaches the hub (a build that lost its way to
+the fleet must not commit: it could never be updated again). Then keep the watchdog fed
+for as long as the port keeps answering."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,9 +30,20 @@ def answers(url: str) -> bool:
 class Readiness:
     """Started beside the HTTP server; sends READY=1 once, then pings the watchdog."""
 
-    def __init__(self, services: Sequence[ModelService], url: str) -> None:
+    def __init__(
+        self,
+        services: Sequence[ModelService],
+        url: str,
+        *,
+        hub_required: Callable[[], bool] = lambda: False,
+        hub_reached: Callable[[], bool] | None = None,
+    ) -> None:
+        """`hub_required()`: this start must reach the hub before READY=1;
+        `hub_reached()`: the fleet link is connected (None: this agent has no link)."""
         self._services = services
         self._url = url
+        self._hub_required = hub_required
+        self._hub_reached = hub_reached
         self._stopped = threading.Event()
         self._watchdog: Watchdog | None = None
         self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
@@ -55,6 +68,11 @@ class Readiness:
         while not answers(self._url):
             if self._stopped.wait(0.2):
                 return
+        if self._hub_required():
+            notify("STATUS=serving; the health check waits to reach the hub")
+            while self._hub_reached is None or not self._hub_reached():
+                if self._stopped.wait(0.2):
+                    return
         names = ", ".join(s.name for s in self._services)
         notify(f"READY=1\nSTATUS=serving {names} at {self._url}/v1")
         interval = watchdog_interval()

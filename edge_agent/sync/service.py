@@ -69,7 +69,6 @@ class SyncService:
         self._install_lock = threading.Lock()  # desired state and the retry job, one at a time
         self._last_desired: DesiredState | None = None
         self._held = HeldDesired(config.sync_dir)
-        self.agent = AgentSelfUpdate(config.data_dir, config.sync_dir, agent_version)
         self.link = Link(
             self.outbox,
             device_id=settings.device_id,
@@ -83,6 +82,9 @@ class SyncService:
             reconnect_min_s=sync.reconnect_min_seconds,
             reconnect_max_s=sync.reconnect_max_seconds,
             max_in_flight=sync.max_in_flight_messages,
+        )
+        self.agent = AgentSelfUpdate(
+            config.data_dir, config.sync_dir, agent_version, online=lambda: self.link.connected
         )
         self.applier = DesiredApplier(
             self.outbox,

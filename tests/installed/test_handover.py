@@ -124,3 +124,20 @@ def list_children(running: Launched) -> list[int]:
     from tests.installed.fleet_slots import children_of
 
     return list(children_of(running.proc.pid))
+
+
+def test_a_trial_asked_for_online_must_reach_the_hub_or_it_falls_back(
+    running: Launched, root: Path
+) -> None:
+    """The previous agent was online; the new build serves its model but has no way to the
+    hub (here: no fleet link at all), so it must not commit: it could never be updated."""
+    make_slot(root, "b", GOOD, "0.2.0")
+    with Load(running.url) as load:
+        request_trial(root, "b", "0.2.0", needs_hub=True)
+        took = wait_for(lambda: state(root)["last_result"] is not None, 60, "trial finished")
+    found = state(root)
+    assert found["committed"] == "a" and found["last_result"]["ok"] is False  # type: ignore[index]
+    assert "reach the hub" in found["last_result"]["reason"]  # type: ignore[index]
+    assert took < 20 + 10  # the deadline is the launcher's --deadline
+    assert load.failures() == [], load.failures()[:10]
+    assert running.serving_slot() == "a"
