@@ -90,7 +90,7 @@ def answer_began(number: int) -> Callable[[str], bool]:
     """The question typed at the `number`-th prompt has an answer on the screen."""
 
     def check(screen: str) -> bool:
-        return "model> " in after_prompt(screen, number) or prompts(screen) > number
+        return "model>" in after_prompt(screen, number) or prompts(screen) > number
 
     return check
 
@@ -119,7 +119,7 @@ def test_chat_in_a_terminal(chat: Terminal) -> None:
     chat.keys("Enter")
     screen = chat.wait(idle(2), "the answer and a new prompt")
     assert "^[[" not in screen
-    assert "model> " in screen
+    assert re.search(r"^model>", screen, re.MULTILINE), screen  # an empty answer ends in ">"
 
     # History: the arrow key brings the line back.
     chat.keys("Up")
