@@ -150,7 +150,6 @@ def import_bundle(
     try:
         _copy_to_staging(stick / BUNDLE_DIR / REPOSITORY_DIR, staging, authorisation, progress)
         _raise_time_floor(data_dir, authorisation.issued_at)
-        record_site_peers(data_dir, authorisation)
         signed = desired_on_stick(staging, device_id)
         state = verify_on_stick(signed, data_dir, device_id, authorisation) if signed else None
         allowed = plan(authorisation, state, now)
@@ -158,6 +157,7 @@ def import_bundle(
         report.notes = allowed.skipped
         report.window_opens = allowed.waiting_until
         report.window_closed = allowed.window_closed
+        record_site_peers(data_dir, authorisation)  # a stick refused above names none
         receipt = _receipt(staging, device_id)
         if receipt is not None:
             report.receipt_ids = receipt.message_ids
