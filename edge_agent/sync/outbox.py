@@ -60,6 +60,10 @@ from edge_agent.sync.errors import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: seq AUTOINCREMENT
+# Both agent slots share the outbox. A newer agent changes it only additively (columns with
+# defaults, new tables) while its slot may still fall back, and says so here: the oldest
+# schema that can still read and write the file. The previous agent then opens it as it is.
+COMPAT_TABLE = "outbox_schema_compat"
 # The protocol's limit, refused at put() already: an oversized publish would make Mosquitto
 # drop the connection and paho resend it forever, blocking everything queued behind it.
 MAX_PAYLOAD_BYTES = MAX_MESSAGE_BYTES
@@ -197,6 +201,31 @@ def _upgrade_from_1(conn: Connection) -> None:
     conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+def _readable_from(conn: Connection, version: int) -> int | None:
+    """The oldest schema that can use this file, as the writer of schema `version` declared
+    it (None: unsaid, or said by an earlier schema and so not about this one)."""
+    exists = conn.exec_driver_sql(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (COMPAT_TABLE,)
+    ).scalar_one()
+    if not exists:
+        return None
+    value = conn.exec_driver_sql(
+        "SELECT min(readable_from) FROM outbox_schema_compat WHERE written_by = ?", (version,)
+    ).scalar_one()
+    return None if value is None else int(value)
+
+
+def _write_readable_from(conn: Connection, version: int) -> None:
+    conn.exec_driver_sql(
+        "CREATE TABLE IF NOT EXISTS outbox_schema_compat "
+        "(written_by INTEGER NOT NULL, readable_from INTEGER NOT NULL)"
+    )
+    conn.exec_driver_sql("DELETE FROM outbox_schema_compat")
+    conn.exec_driver_sql(
+        "INSERT INTO outbox_schema_compat VALUES (?, ?)", (SCHEMA_VERSION, int(version))
+    )
+
+
 class Outbox:
     def __init__(
         self,
@@ -243,9 +272,14 @@ class Outbox:
                 )
             version = int(conn.exec_driver_sql("PRAGMA user_version").scalar_one())
             if version > SCHEMA_VERSION:
+                readable_from = _readable_from(conn, version)
+                if readable_from is not None and readable_from <= SCHEMA_VERSION:
+                    return  # a newer agent's additive schema: used as it is, not rewritten
                 raise OutboxUnusable(
                     f"{self.path}: outbox schema version {version} is newer than this "
-                    f"agent's ({SCHEMA_VERSION})"
+                    f"agent's ({SCHEMA_VERSION}) and not readable by it; start the newer "
+                    "agent's slot again, or move the file aside (its unsent messages are "
+                    "then lost)"
                 )
             if version == SCHEMA_VERSION:
                 return
@@ -258,6 +292,7 @@ class Outbox:
             for ddl in _TRIGGERS:
                 conn.exec_driver_sql(ddl)
             conn.execute(insert(_Totals).values(id=1))
+            _write_readable_from(conn, SCHEMA_VERSION)
             conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --- lifecycle -----------------------------------------------------------------------

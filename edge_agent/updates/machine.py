@@ -63,6 +63,18 @@ class UpdateRecord(BaseModel):
     failed: dict[str, list[str]] = Field(default_factory=dict)  # model -> versions refused
 
 
+def _newer_but_readable(data: dict[str, object]) -> bool:
+    """Written by a newer schema that declares this one can still read it
+    (`readable_from`, which a newer agent writes only beside additive changes)."""
+    found, readable_from = data.get("schema_version"), data.get("readable_from")
+    return (
+        isinstance(found, int)
+        and found > SCHEMA_VERSION
+        and isinstance(readable_from, int)
+        and readable_from <= SCHEMA_VERSION
+    )
+
+
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -75,6 +87,11 @@ class StateFile:
             return UpdateRecord()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StateDamaged(f"{self.path} is damaged ({exc})") from exc
+        if isinstance(data, dict) and _newer_but_readable(data):
+            # A newer agent's record, written while its slot could still fall back: its
+            # additions are not ours to read, and our next save migrates the file back.
+            data = {k: v for k, v in data.items() if k in UpdateRecord.model_fields}
+            data["schema_version"] = SCHEMA_VERSION
         if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
             found = data.get("schema_version") if isinstance(data, dict) else None
             raise StateDamaged(
