@@ -217,6 +217,18 @@ def pending(engine: Engine) -> list[DesiredRecord]:
         return list(db.exec(query).all())
 
 
+def mark_all_unpublished(engine: Engine) -> int:
+    """Every current state counts as not on the broker (publish them all again); the
+    number of states."""
+    with session(engine) as db:
+        result = db.execute(
+            update(DesiredRecord)
+            .where(col(DesiredRecord.published_at).is_not(None))
+            .values(published_at=None)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def mark_published(engine: Engine, device_id: str, sequence: int) -> None:
     """Record the broker's acknowledgement, unless a newer state was signed meanwhile."""
     with session(engine) as db:

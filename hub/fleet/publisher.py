@@ -6,6 +6,11 @@ stays pending in the database and the next round publishes it again. A round han
 broker up to PUBLISH_BATCH states before waiting for their acknowledgements and records
 them in one transaction: waiting for each PUBACK and committing each row made a wave of
 1,000 devices take 4 s of round trips and fsyncs (bench/rollout.py).
+
+Every (re)connect re-publishes every current state: the broker may have restarted after a
+crash and lost retained messages it had acknowledged but not saved yet (the managed
+Mosquitto saves every few seconds, hub.broker.mosquitto). Devices take the same state
+again as no news.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class DesiredPublisher:
     ) -> None:
         self.broker = broker
         self._connected = threading.Event()
+        # Set at each connect: the next round publishes every current state again.
+        self._republish = threading.Event()
         self.client: Client = new_client(client_id, tls=tls, use_tls=broker.tls)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -62,6 +69,7 @@ class DesiredPublisher:
         if reason_code.is_failure:
             log.error("desired-state publisher: the broker refused us: %s", reason_code)
             return
+        self._republish.set()
         self._connected.set()
 
     def _on_disconnect(
@@ -96,6 +104,11 @@ class DesiredPublisher:
     def publish_pending(self, engine: Engine) -> int:
         """Publish every unpublished state; the number the broker acknowledged."""
         done = 0
+        if self._republish.is_set():
+            self._republish.clear()  # before: a connect from now on asks again
+            again = desired.mark_all_unpublished(engine)
+            if again:
+                log.info("connected to the broker: publishing %d current states again", again)
         records = desired.pending(engine)
         for start in range(0, len(records), PUBLISH_BATCH):
             if not self._connected.is_set():
