@@ -13,7 +13,17 @@ or the settings a generator was built with.
 Memory: the builder's models share one KV buffer sized for the generator's `max_length`
 (`past_present_share_buffer`), which decodes faster at long contexts than a growing buffer
 (measured 83 vs 56 tok/s after 1,000 tokens on the small shape), so an entry costs
-`max_length x bytes per token` whatever it holds. The budget counts exactly that.
+`max_length x bytes per token` whatever it holds. The budget counts exactly that, plus
+the kept logits row.
+
+The same prompt again (an exact hit): the KV cache already holds every prompt token, but
+a rewound generator has no logits to sample from (`set_logits` is refused until the model
+has run), so rewinding to n-1 would recompute the last prompt token, one decode step before
+the first token. Instead each entry keeps the logits row its prompt ended with (one float
+per vocabulary entry, taken before the engine's sampling changes it in place), and a greedy
+request takes its first token from that row (argmax, as the engine's greedy search; the
+end-of-sequence ids masked when the request forbids them, as the engine's `min_length`).
+Sampled requests still recompute: their first token must come from the engine's sampler.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from edge_agent.runtime.sampling import BatchKey
 MIN_REUSED_TOKENS = 16
 
 Tokens = npt.NDArray[np.int32]
+Logits = npt.NDArray[np.float32]
 
 
 @dataclass(eq=False)
@@ -44,12 +55,22 @@ class CachedGenerator:
     max_length: int
     tokens: Tokens
     nbytes: int
+    # The logits row after `tokens[:logits_at]` (the prompt that built the entry): what
+    # that prompt's first token was drawn from. None: not kept.
+    logits: Logits | None = None
+    logits_at: int = 0
 
 
 @dataclass(frozen=True)
 class Hit:
     entry: CachedGenerator
     reused: int  # leading prompt tokens whose KV cache is already computed
+
+    @property
+    def exact(self) -> bool:
+        """The whole prompt is cached and its logits kept: no model step before the
+        first token."""
+        return self.entry.logits is not None and self.reused == self.entry.logits_at
 
 
 class PromptCache:
@@ -80,12 +101,15 @@ class PromptCache:
     def entry_bytes(self, max_length: int) -> int:
         return max_length * self.bytes_per_token
 
-    def take(self, prompt: list[int], key: BatchKey, needed_length: int) -> Hit | None:
+    def take(
+        self, prompt: list[int], key: BatchKey, needed_length: int, *, exact_ok: bool = False
+    ) -> Hit | None:
         """The entry sharing the longest prefix with `prompt`, removed from the cache.
 
         Only entries built with the same search options and long enough for the whole
-        request qualify; at least one prompt token is always left to compute, since the
-        next token's logits come from it.
+        request qualify. At least one prompt token is left to compute, since the next
+        token's logits come from it, unless `exact_ok` and the entry kept the logits of
+        exactly this prompt (`Hit.exact`).
         """
         if not self.enabled or len(prompt) < 2:
             return None
@@ -95,7 +119,13 @@ class PromptCache:
             for ident, entry in self._entries.items():
                 if entry.key != key or entry.max_length < needed_length:
                     continue
-                reused = min(_common_prefix(entry.tokens, wanted), len(prompt) - 1)
+                common = _common_prefix(entry.tokens, wanted)
+                exact = (
+                    exact_ok
+                    and entry.logits is not None
+                    and entry.logits_at == len(prompt) <= common
+                )
+                reused = len(prompt) if exact else min(common, len(prompt) - 1)
                 if reused >= MIN_REUSED_TOKENS and (best is None or reused > best[1]):
                     best = (ident, reused)
             if best is None:
@@ -125,3 +155,19 @@ def _common_prefix(a: Tokens, b: Tokens) -> int:
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if differ.size else n
+
+
+def greedy_first_token(logits: Logits, eos_token_ids: frozenset[int], ignore_eos: bool) -> int:
+    """The token the engine's greedy search picks from `logits`: the first maximum, with
+    the end-of-sequence ids excluded while `min_length` forbids them (`ignore_eos`)."""
+    row = logits.reshape(-1)
+    if ignore_eos and eos_token_ids:
+        row = row.copy()
+        row[list(eos_token_ids)] = -np.inf
+    return int(np.argmax(row))
+
+
+def logits_row(generator: Any) -> Logits:
+    """A copy of the logits the generator's next sample would be drawn from: taken before
+    sampling, which transforms the engine's buffer in place."""
+    return np.array(generator.get_logits(), dtype=np.float32).reshape(-1)

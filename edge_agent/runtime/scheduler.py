@@ -27,7 +27,13 @@ import numpy as np
 
 from edge_agent.runtime.engine import LoadedModel
 from edge_agent.runtime.errors import ContextLengthExceeded, NotReady, Overloaded
-from edge_agent.runtime.prompt_cache import CachedGenerator, PromptCache
+from edge_agent.runtime.prompt_cache import (
+    CachedGenerator,
+    Logits,
+    PromptCache,
+    greedy_first_token,
+    logits_row,
+)
 from edge_agent.runtime.sampling import BatchKey, SamplingParams
 from edge_agent.runtime.stops import StopMatcher
 
@@ -140,6 +146,13 @@ class _Group:
         self.generator = generator
         self.seqs = seqs
         self.keep = keep  # (search options, max_length) when the prompt cache may keep it
+        # The prompt's last logits row, kept with the generator for an exact hit later.
+        self.logits: Logits | None = None
+        self.logits_at = 0
+        # An exact hit's first token, taken from kept logits: `first` is still to be sent,
+        # `unfed` was sent but not yet run through the model (the next step does).
+        self.first: int | None = None
+        self.unfed: int | None = None
 
     @property
     def live(self) -> list[_Sequence]:
@@ -276,19 +289,32 @@ class Scheduler:
         if key is None or not self.prompt_cache.enabled:
             return False
         sub.cache_lookup = True
-        hit = self.prompt_cache.take(sub.prompt_ids, key, len(sub.prompt_ids) + sub.max_tokens)
+        # Only greedy decoding's first token can be taken from kept logits bit-identically;
+        # logprobs are read from the engine's own step.
+        exact_ok = sub.params.greedy and sub.params.logprobs is None
+        hit = self.prompt_cache.take(
+            sub.prompt_ids, key, len(sub.prompt_ids) + sub.max_tokens, exact_ok=exact_ok
+        )
         if hit is None:
             return False
         generator = hit.entry.generator
+        seq = _Sequence(sub, self.model.decoder_stream())
+        group = _Group(generator, [seq], (key, hit.entry.max_length))
         try:
             generator.rewind_to(hit.reused)
-            generator.append_tokens(np.asarray(sub.prompt_ids[hit.reused :], dtype=np.int32))
+            if hit.exact and hit.entry.logits is not None:
+                group.logits, group.logits_at = hit.entry.logits, hit.entry.logits_at
+                group.first = greedy_first_token(
+                    group.logits, self.model.eos_token_ids, sub.params.ignore_eos
+                )
+            else:
+                generator.append_tokens(np.asarray(sub.prompt_ids[hit.reused :], dtype=np.int32))
+                group.logits, group.logits_at = logits_row(generator), len(sub.prompt_ids)
         except Exception:  # the kept generator is dropped; the request starts afresh
             log.exception("could not continue a cached prompt; computing it afresh")
             return False
         sub.cached_tokens = hit.reused
-        seq = _Sequence(sub, self.model.decoder_stream())
-        self._groups.append(_Group(generator, [seq], (key, hit.entry.max_length)))
+        self._groups.append(group)
         return True
 
     def _start_group(self, subs: list[Submission]) -> None:
@@ -308,7 +334,10 @@ class Scheduler:
             log.exception("could not start generation for %d request(s)", len(subs))
             self._finish_all(_Group(None, seqs), FinishReason.ERROR, str(exc))
             return
-        self._groups.append(_Group(generator, seqs, keep))
+        group = _Group(generator, seqs, keep)
+        if keep is not None:
+            group.logits, group.logits_at = logits_row(generator), len(subs[0].prompt_ids)
+        self._groups.append(group)
 
     def _end_group(self, group: _Group) -> None:
         """Drop a group whose sequences are all done, keeping its generator if it may be."""
@@ -319,10 +348,17 @@ class Scheduler:
         ):
             return
         key, max_length = group.keep
-        # The last token was sampled but not yet fed through the model: no KV cache for it.
-        tokens = np.asarray(group.generator.get_sequence(0), dtype=np.int32)[:-1]
+        tokens = np.asarray(group.generator.get_sequence(0), dtype=np.int32)
+        if group.unfed is None and group.first is None:
+            # The last token was sampled but not yet fed through the model: no KV cache.
+            tokens = tokens[:-1]
+        # else an exact hit ended on its kept-logits token, which never reached the
+        # generator: it still holds the prompt alone, all of it computed.
+        nbytes = self.prompt_cache.entry_bytes(max_length)
+        if group.logits is not None:
+            nbytes += group.logits.nbytes
         entry = CachedGenerator(
-            group.generator, key, max_length, tokens, self.prompt_cache.entry_bytes(max_length)
+            group.generator, key, max_length, tokens, nbytes, group.logits, group.logits_at
         )
         self.prompt_cache.put(entry)
 
@@ -333,7 +369,17 @@ class Scheduler:
         if not group.live:
             self._end_group(group)
             return
+        if group.first is not None:  # an exact hit: its first token needs no model step
+            group.unfed, group.first = group.first, None
+            self._advance(group.seqs[0], group.unfed)
+            if not group.live:
+                self._end_group(group)
+            return
         try:
+            if group.unfed is not None:
+                # Runs the model on the first token; the sample below is the engine's own.
+                group.generator.append_tokens(np.asarray([group.unfed], dtype=np.int32))
+                group.unfed = None
             group.generator.generate_next_token()
             tokens = group.generator.get_next_tokens()
         except Exception as exc:

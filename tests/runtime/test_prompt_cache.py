@@ -7,7 +7,9 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +22,8 @@ from edge_agent.runtime import (
     SchedulerLimits,
     TextDelta,
 )
-from edge_agent.runtime.prompt_cache import MIN_REUSED_TOKENS
+from edge_agent.runtime.engine import LoadedModel
+from edge_agent.runtime.prompt_cache import MIN_REUSED_TOKENS, greedy_first_token, logits_row
 from edge_agent.runtime.service import ModelService
 from edge_agent.runtime.sinks import QueueSink
 from edge_agent.runtime.swap import ActiveWatcher
@@ -64,20 +67,32 @@ def chat_ids(service: ModelService, messages: list[ChatMessage]) -> list[int]:
     return model.encode(model.chat_prompt(messages))
 
 
+def fresh_logits(service: ModelService, ids: list[int]) -> np.ndarray:
+    model, _ = service.require()
+    return logits_row(model.new_generator([ids], GREEDY, len(ids) + 1))
+
+
 words = st.sampled_from(["alpha", "beta", "gamma", "import os", "print(x)", "42", "é", "\n"])
-turn = st.tuples(st.lists(words, min_size=1, max_size=12).map(" ".join), st.integers(1, 12))
+# (user message, max_tokens, how many times the same prompt is sent again)
+turn = st.tuples(
+    st.lists(words, min_size=1, max_size=12).map(" ".join), st.integers(1, 12), st.integers(0, 2)
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(system=st.booleans(), turns=st.lists(turn, min_size=1, max_size=6))
+@given(system=st.booleans(), ignore_eos=st.booleans(), turns=st.lists(turn, min_size=1, max_size=6))
 def test_answers_with_the_cache_equal_answers_without_it(
-    cached: ModelService, uncached: ModelService, system: bool, turns: list[tuple[str, int]]
+    cached: ModelService,
+    uncached: ModelService,
+    system: bool,
+    ignore_eos: bool,
+    turns: list[tuple[str, int, int]],
 ) -> None:
     history = [ChatMessage("system", SYSTEM)] if system else []
-    for index, (user, max_tokens) in enumerate(turns):
+    for index, (user, max_tokens, again) in enumerate(turns):
         history.append(ChatMessage("user", user))
         ids = chat_ids(cached, history)
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
         want, want_done = run(uncached, ids, params)
         got, got_done = run(cached, ids, params)
         assert (got, got_done.completion_tokens) == (want, want_done.completion_tokens)
@@ -85,12 +100,21 @@ def test_answers_with_the_cache_equal_answers_without_it(
         assert want_done.cached_tokens == 0
         if system and index > 0:  # the previous turn left a long shared prefix
             assert got_done.cached_tokens >= MIN_REUSED_TOKENS
+        for _ in range(again):  # an exact hit: the first token from the kept logits
+            repeated, repeated_done = run(cached, ids, params)
+            assert (repeated, repeated_done.completion_tokens) == (got, got_done.completion_tokens)
+            assert repeated_done.reason == want_done.reason
+            if len(ids) >= MIN_REUSED_TOKENS:  # shorter prompts are not worth a cache slot
+                assert repeated_done.cached_tokens == len(ids)
         # The tiny model's answer hangs mostly on the last token, so the kept generator's
         # tokens are checked too: the prompt exactly, then the answer (all but its last).
         kept = cached.require()[1].prompt_cache.newest()
         assert kept is not None
         assert kept.tokens.tolist()[: len(ids)] == ids
         assert len(kept.tokens) == len(ids) + got_done.completion_tokens - 1
+        # ...and the logits row an exact hit would draw from: this prompt's, not a stale one.
+        assert kept.logits is not None and kept.logits_at == len(ids)
+        np.testing.assert_allclose(kept.logits, fresh_logits(cached, ids), rtol=0, atol=1e-2)
         history.append(ChatMessage("assistant", got))
 
 
@@ -134,6 +158,65 @@ def test_different_search_options_never_share_a_generator(cached: ModelService) 
     _, done = run(cached, ids, seeded)
     assert not done.cache_lookup and done.cached_tokens == 0
     _, done = run(cached, ids, GREEDY)  # the greedy entry is still there
+    assert done.cached_tokens == len(ids)
+
+
+def test_the_same_prompt_again_needs_no_model_step_before_its_first_token(
+    cached: ModelService, uncached: ModelService
+) -> None:
+    model, scheduler = cached.require()
+    ids = model.encode(DOCUMENT + " exact")
+    one = SamplingParams(temperature=0.0, max_tokens=1)
+    first, _ = run(cached, ids, one)
+    # The entry holds the prompt's KV cache and the logits row it ended with.
+    kept = scheduler.prompt_cache.newest()
+    assert kept is not None and kept.logits is not None and kept.logits_at == len(ids)
+    # A request that ends on its kept-logits token leaves the generator at the prompt:
+    # the next one is an exact hit again, and so is a longer answer after it.
+    for params in (one, one, GREEDY, GREEDY):
+        got, done = run(cached, ids, params)
+        want, _ = run(uncached, ids, params)
+        assert got == want and done.cached_tokens == len(ids)
+    assert got.startswith(first)
+
+
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_the_first_token_from_kept_logits_is_the_engines_greedy_choice(
+    cached: ModelService, ignore_eos: bool
+) -> None:
+    """Logits crafted so that an end-of-sequence id, then a tie, lead: the engine's own
+    greedy search (fed them with set_logits) picks what greedy_first_token picks."""
+    model, _ = cached.require()
+    ids = model.encode(DOCUMENT + " crafted")
+    eos = min(model.eos_token_ids)
+    for leader in ([eos], [7, 9]):  # an end-of-sequence id first; a tie between two tokens
+        generator = engine_generator(model, ids, ignore_eos)
+        crafted = np.zeros(logits_row(generator).size, dtype=np.float32)
+        crafted[leader] = 5.0
+        crafted[11] = 4.0
+        generator.set_logits(crafted.reshape(1, -1).copy())
+        generator.generate_next_token()
+        engine_pick = int(generator.get_next_tokens()[0])
+        assert greedy_first_token(crafted, model.eos_token_ids, ignore_eos) == engine_pick
+
+
+def engine_generator(model: LoadedModel, ids: list[int], ignore_eos: bool) -> Any:
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=ignore_eos)
+    return model.new_generator([ids], params, len(ids) + 4)
+
+
+def test_an_exact_hit_recomputes_the_last_token_when_the_engine_must_sample(
+    cached: ModelService,
+) -> None:
+    model, _ = cached.require()
+    ids = model.encode(DOCUMENT + " recompute")
+    run(cached, ids, GREEDY)
+    with_logprobs = SamplingParams(temperature=0.0, max_tokens=4, logprobs=2)
+    _, done = run(cached, ids, with_logprobs)
+    assert done.cached_tokens == len(ids) - 1
+    sampled = SamplingParams(temperature=0.7, max_tokens=4)
+    run(cached, ids, sampled)
+    _, done = run(cached, ids, sampled)
     assert done.cached_tokens == len(ids) - 1
 
 
@@ -153,7 +236,7 @@ def test_entries_never_cross_models(tiny_model_dir: Path) -> None:
         ids = model.encode(DOCUMENT + " models")
         run(one, ids, GREEDY)
         _, again = run(one, ids, GREEDY)
-        assert again.cached_tokens == len(ids) - 1
+        assert again.cached_tokens == len(ids)
         _, elsewhere = run(other, ids, GREEDY)
         assert elsewhere.cache_lookup and elsewhere.cached_tokens == 0
     finally:
