@@ -16,23 +16,25 @@ states are ever signed with the same sequence, which the device would refuse as 
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, false, update
+from sqlalchemy import Connection, Engine, Row, Select, Table, bindparam, false, insert, update
 from sqlmodel import Session, col, select
 
 from edge_agent.protocol import (
     DesiredRelease,
     DesiredState,
     MaintenanceWindow,
+    SignedDesired,
     check_opens,
     manifest_target,
 )
-from edge_agent.protocol.desired import sign_desired
+from edge_agent.protocol.desired import canonical_json, key_id, sign_desired
 from hub.db import session
 from hub.fleet.models import DesiredRecord, Device, Group
 from hub.fleet.registry import RegistryError
@@ -100,21 +102,7 @@ def _signed_record(
     )
 
 
-# What a newly signed state replaces in a device's row (all but the key).
-_REPLACED = ("sequence", "models", "issued_at", "expires", "window", "signed", "published_at")
 _CHUNK = 500  # ids per IN (...) query: well below SQLite's limit on bound parameters
-
-RowT = TypeVar("RowT", Device, DesiredRecord)
-
-
-def _rows_by_id(db: Session, table: type[RowT], key: Any, ids: list[str]) -> dict[str, RowT]:
-    """The rows of `table` whose `key` is in `ids`, by that key."""
-    found: dict[str, RowT] = {}
-    unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), _CHUNK):
-        for row in db.exec(select(table).where(key.in_(unique[start : start + _CHUNK]))):
-            found[row.id if isinstance(row, Device) else row.device_id] = row
-    return found
 
 
 def assign(
@@ -131,7 +119,30 @@ def assign(
 ) -> list[DesiredRecord]:
     """Ask each device to run `model` `version` (other models stay as assigned), activating
     inside `window` (None: the window of the device's group, if it has one). One
-    transaction: every device gets it, or none does."""
+    transaction: every device gets it, or none does. The stored states, as records."""
+    rows = assign_many(
+        engine, key, device_ids, model, version, listed=listed, ttl=ttl, now=now, window=window
+    )
+    return [DesiredRecord(**row) for row in rows]
+
+
+def assign_many(
+    engine: Engine,
+    key: Ed25519PrivateKey,
+    device_ids: list[str],
+    model: str,
+    version: str,
+    *,
+    listed: Callable[[str, str], bool],
+    ttl: timedelta = DEFAULT_TTL,
+    now: datetime | None = None,
+    window: MaintenanceWindow | None = None,
+) -> list[dict[str, Any]]:
+    """`assign` for a wave of thousands: the stored states as column values, no ORM objects.
+
+    Rows are read in chunks as plain tuples and written with one executemany statement
+    each for new and replaced states: ORM objects, a get() per device and an UPDATE per row
+    made a wave of 10,000 devices take 7-20 s, where signing itself takes 0.5 s."""
     at = now or _now()
     if window is not None:
         check_opens(window, at)
@@ -140,15 +151,28 @@ def assign(
             f"{model} {version} is not a published release: import it with `edge-hub model "
             "import` first (`edge-hub model list` shows what is published)"
         )
-    records = []
+    ids = list(dict.fromkeys(device_ids))
+    table = _DESIRED
+    signer = _Signer(key, ttl, at)
     group_windows: dict[str, MaintenanceWindow | None] = {}
-    # no_autoflush, rows read in chunks: a get() per device flushed the previous device's
-    # row first, and a wave of 10,000 devices took 20-30 s of single-row statements.
-    with session(engine) as db, db.no_autoflush:
-        _lock_for_write(db, device_ids)
-        devices = _rows_by_id(db, Device, col(Device.id), device_ids)
-        currents = _rows_by_id(db, DesiredRecord, col(DesiredRecord.device_id), device_ids)
-        for device_id in device_ids:
+    new_rows: list[dict[str, Any]] = []
+    replaced: list[dict[str, Any]] = []
+    with session(engine) as db:
+        _lock_for_write(db, ids)
+        connection = db.connection()
+        devices = _chunked(
+            connection,
+            select(_DEVICES.c.id, _DEVICES.c.group, _DEVICES.c.revoked_at),
+            _DEVICES.c.id,
+            ids,
+        )
+        currents = _chunked(
+            connection,
+            select(table.c.device_id, table.c.sequence, table.c.models),
+            table.c.device_id,
+            ids,
+        )
+        for device_id in ids:
             device = devices.get(device_id)
             if device is None:
                 raise RegistryError(f"no device {device_id!r}")
@@ -158,16 +182,92 @@ def assign(
             models = {**(current.models if current else {}), model: version}
             sequence = current.sequence + 1 if current else 1
             applied = window or _group_window(db, device.group, group_windows, at)
-            record = _signed_record(device_id, sequence, models, key, ttl, at, applied)
-            if current is None:
-                db.add(record)
-                currents[device_id] = record
-            else:  # the row of this device, replaced
-                for name in _REPLACED:
-                    setattr(current, name, getattr(record, name))
-                record = current
-            records.append(record)
-    return records
+            row = signer.row(device_id, sequence, models, applied)
+            (replaced if current else new_rows).append(row)
+        if new_rows:
+            connection.execute(insert(table), new_rows)
+        if replaced:
+            connection.execute(
+                update(table).where(table.c.device_id == bindparam("b_device_id")),
+                [{"b_device_id": row["device_id"], **row} for row in replaced],
+            )
+    return _in_order(ids, new_rows + replaced)
+
+
+def _in_order(ids: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id = {row["device_id"]: row for row in rows}
+    return [by_id[device_id] for device_id in ids]
+
+
+_DESIRED: Table = DesiredRecord.__table__  # type: ignore[attr-defined]
+_DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
+
+
+def _chunked(
+    connection: Connection, query: Select[Any], key: Any, ids: list[str]
+) -> dict[str, Row[Any]]:
+    """The rows of `query` whose `key` is one of `ids` (read in chunks), by that key."""
+    found: dict[str, Row[Any]] = {}
+    for start in range(0, len(ids), _CHUNK):
+        for row in connection.execute(query.where(key.in_(ids[start : start + _CHUNK]))):
+            found[row[0]] = row
+    return found
+
+
+class _Signer:
+    """Signs many states issued at one time: the part every device shares (releases,
+    window, times) is built and validated once per distinct content, then each device's
+    copy gets its id and sequence and its own signature."""
+
+    def __init__(self, key: Ed25519PrivateKey, ttl: timedelta, at: datetime) -> None:
+        self.key = key
+        self.key_id = key_id(key.public_key())
+        self.issued_at, self.expires = at, at + ttl
+        self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def _shared_part(
+        self, device_id: str, models: dict[str, str], window: MaintenanceWindow | None
+    ) -> dict[str, Any]:
+        cache_key = (tuple(sorted(models.items())), window.model_dump_json() if window else None)
+        shared = self._shared.get(cache_key)
+        if shared is None:
+            state = DesiredState(
+                window=window,
+                device_id=device_id,
+                sequence=1,
+                issued_at=self.issued_at,
+                expires=self.expires,
+                models={
+                    m: DesiredRelease(version=v, manifest=manifest_target(m, v))
+                    for m, v in models.items()
+                },
+            )
+            # As sign_desired: without a window the signed part is what it was before.
+            shared = state.model_dump(mode="json", exclude={"window"} if window is None else None)
+            self._shared[cache_key] = shared
+        return shared
+
+    def row(
+        self,
+        device_id: str,
+        sequence: int,
+        models: dict[str, str],
+        window: MaintenanceWindow | None,
+    ) -> dict[str, Any]:
+        signed = {**self._shared_part(device_id, models, window), "device_id": device_id}
+        signed["sequence"] = sequence
+        signature = base64.b64encode(self.key.sign(canonical_json(signed))).decode()
+        envelope = SignedDesired(signed=signed, key_id=self.key_id, signature=signature)
+        return {
+            "device_id": device_id,
+            "sequence": sequence,
+            "models": dict(models),
+            "issued_at": self.issued_at,
+            "expires": self.expires,
+            "window": window.model_dump(mode="json") if window is not None else None,
+            "signed": envelope.model_dump_json(),
+            "published_at": None,
+        }
 
 
 def stored_window(value: dict[str, object] | None) -> MaintenanceWindow | None:
@@ -217,6 +317,26 @@ def pending(engine: Engine) -> list[DesiredRecord]:
         return list(db.exec(query).all())
 
 
+class Unpublished(NamedTuple):
+    device_id: str
+    sequence: int
+    signed: str  # the SignedDesired JSON
+
+
+def unpublished(engine: Engine) -> list[Unpublished]:
+    """What `pending` holds, as the publisher needs it: plain tuples, no ORM objects (10,000
+    of them cost 0.5-0.9 s to load)."""
+    table = _DESIRED
+    query = (
+        select(table.c.device_id, table.c.sequence, table.c.signed)
+        .join(_DEVICES, _DEVICES.c.id == table.c.device_id)
+        .where(table.c.published_at.is_(None), _DEVICES.c.revoked_at.is_(None))
+        .order_by(table.c.device_id)
+    )
+    with engine.connect() as connection:
+        return [Unpublished(*row) for row in connection.execute(query)]
+
+
 def mark_all_unpublished(engine: Engine) -> int:
     """Every current state counts as not on the broker (publish them all again); the
     number of states."""
@@ -239,20 +359,24 @@ def mark_published(engine: Engine, device_id: str, sequence: int) -> None:
 
 
 def mark_published_many(engine: Engine, published: list[tuple[str, int]]) -> None:
-    """`mark_published` for many (device id, sequence) pairs, in one transaction."""
+    """`mark_published` for many (device id, sequence) pairs: one executemany statement in
+    one transaction (an ORM UPDATE per pair cost 0.8 ms each)."""
     if not published:
         return
     at = _now()
+    table = _DESIRED
+    statement = (
+        update(table)
+        .where(
+            table.c.device_id == bindparam("b_device_id"),
+            table.c.sequence == bindparam("b_sequence"),
+        )
+        .values(published_at=at)
+    )
     with session(engine) as db:
-        for device_id, sequence in published:
-            db.execute(
-                update(DesiredRecord)
-                .where(
-                    col(DesiredRecord.device_id) == device_id,
-                    col(DesiredRecord.sequence) == sequence,
-                )
-                .values(published_at=at)
-            )
+        db.connection().execute(
+            statement, [{"b_device_id": d, "b_sequence": s} for d, s in published]
+        )
 
 
 def renew_expiring(

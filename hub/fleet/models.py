@@ -10,7 +10,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, ForeignKey, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -131,6 +141,8 @@ class ReportedModelState(FleetTable, table=True):
 
 class InstallEventRecord(FleetTable, table=True):
     __tablename__ = "install_events"
+    # A rollout wave's results look up each member's events of one release (migration 0009).
+    __table_args__ = (Index(None, "device_id", "model", "version"),)
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=MESSAGE_ID_CHARS, unique=True)

@@ -109,7 +109,7 @@ class DesiredPublisher:
             again = desired.mark_all_unpublished(engine)
             if again:
                 log.info("connected to the broker: publishing %d current states again", again)
-        records = desired.pending(engine)
+        records = desired.unpublished(engine)
         for start in range(0, len(records), PUBLISH_BATCH):
             if not self._connected.is_set():
                 break  # the next round tries again

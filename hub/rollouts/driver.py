@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func
@@ -144,8 +145,8 @@ class Driver:
         room = budget - int(notified)
         if room <= 0:
             return []
-        query = _unnotified_query(rollout).order_by(col(RolloutDevice.position)).limit(room)
-        return [member.device_id for member in db.exec(query).all()]
+        query = _unnotified_query(rollout, RolloutDevice.device_id)
+        return list(db.exec(query.order_by(col(RolloutDevice.position)).limit(room)).all())
 
     def _notify(
         self, rollout: Rollout, device_ids: list[str], spec: RolloutSpec, at: datetime
@@ -156,7 +157,7 @@ class Driver:
         problem = self.releases(rollout.model, rollout.version)
         if problem is None:
             try:
-                desired.assign(
+                desired.assign_many(
                     self.engine, self.key(), device_ids, rollout.model, rollout.version,
                     listed=lambda _m, _v: True,  # checked just now, with a better message
                     window=spec.window, now=at,
@@ -170,22 +171,16 @@ class Driver:
                 if State(current.state) not in FINAL | {State.PAUSED}:
                     store.transition(db, current, Event.PAUSE, HUB, reason=problem)
                 return False
-            for device_id in device_ids:
-                member = db.get(RolloutDevice, (rollout.id, device_id))
-                if member is not None and member.notified_at is None:
-                    member.notified_at = at
-                    db.add(member)
+            store.mark_notified(db, rollout.id, device_ids, at)
         return True
 
     def _pick_up_joiners(self, db: Session, rollout: Rollout, spec: RolloutSpec) -> None:
         """Devices that joined the target since: into the last wave, drawn after the rest.
         A device in another active rollout of the model stays there."""
-        members = set(
-            db.exec(
-                select(RolloutDevice.device_id).where(col(RolloutDevice.rollout_id) == rollout.id)
-            ).all()
-        )
-        joiners = [d for d in store.target_devices(db, spec.target) if d not in members]
+        assert rollout.id is not None
+        # Only target devices that are not members yet, found in SQL: loading every device
+        # and member each step cost 0.5 s at 10,000 devices.
+        joiners = store.target_devices(db, spec.target, not_in_rollout=rollout.id)
         if not joiners:
             return
         busy = set(
@@ -208,8 +203,8 @@ class Driver:
             .where(col(RolloutWave.rollout_id) == rollout.id)
             .order_by(col(RolloutWave.number).desc())
         ).first()
-        assert last is not None and rollout.id is not None
-        position = len(members)
+        assert last is not None
+        position = store.member_count(db, rollout.id)
         previous = store.previous_versions(db, joiners, rollout.model)
         for offset, device_id in enumerate(joiners):
             db.add(
@@ -305,9 +300,10 @@ def _wave(db: Session, rollout: Rollout) -> RolloutWave:
     return wave
 
 
-def _unnotified_query(rollout: Rollout):  # type: ignore[no-untyped-def]
+def _unnotified_query(rollout: Rollout, *columns: Any):  # type: ignore[no-untyped-def]
     return (
-        select(RolloutDevice)
+        select(*(columns or (RolloutDevice,)))
+        .select_from(RolloutDevice)
         .join(Device, col(Device.id) == col(RolloutDevice.device_id))
         .where(
             col(RolloutDevice.rollout_id) == rollout.id,
@@ -319,7 +315,7 @@ def _unnotified_query(rollout: Rollout):  # type: ignore[no-untyped-def]
 
 
 def _unnotified(db: Session, rollout: Rollout) -> int:
-    return len(db.exec(_unnotified_query(rollout)).all())
+    return int(db.exec(_unnotified_query(rollout, func.count())).one())
 
 
 def _failed_reason(values: list[GateValue]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Text
 from sqlmodel import Field
 
 from hub.fleet.models import ID_CHARS, FleetTable, UtcDateTime
@@ -71,6 +71,8 @@ class RolloutWave(FleetTable, table=True):
 
 class RolloutDevice(FleetTable, table=True):
     __tablename__ = "rollout_devices"
+    # The driver's queries: a wave's members in draw order (migration 0009).
+    __table_args__ = (Index(None, "rollout_id", "wave", "position"),)
 
     rollout_id: int = _rollout_fk(primary_key=True)
     device_id: str = Field(

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, Table, func, insert, update
 from sqlmodel import Session, col, select
 
 from hub.db import session
@@ -27,6 +27,8 @@ from hub.rollouts.releases import ReleaseCheck
 from hub.rollouts.spec import RolloutSpec, Target
 
 SEED_BITS = 31  # fits every database's INTEGER
+_CHUNK = 500  # ids per IN (...): well below SQLite's limit on bound parameters
+ROLLOUT_DEVICES: Table = RolloutDevice.__table__  # type: ignore[attr-defined]
 
 
 class RolloutRefused(ValueError):
@@ -85,21 +87,49 @@ def transition(
     return target
 
 
-def target_devices(db: Session, target: Target) -> list[str]:
-    """Enrolled, unrevoked devices in the group, or carrying every tag, or named."""
+def target_devices(db: Session, target: Target, *, not_in_rollout: int | None = None) -> list[str]:
+    """Enrolled, unrevoked devices in the group, or carrying every tag, or named; with
+    `not_in_rollout`, only those that are not members of that rollout yet."""
     named = set(target.devices)
-    devices = db.exec(
-        select(Device).where(col(Device.revoked_at).is_(None), col(Device.enrolled_at).is_not(None))
-    ).all()
-    found = []
-    for device in devices:
-        in_group = target.group is not None and device.group == target.group
-        tagged = bool(target.tags) and all(
-            device.tags.get(key) == value for key, value in target.tags.items()
+    query = select(Device.id, Device.group, Device.tags).where(
+        col(Device.revoked_at).is_(None), col(Device.enrolled_at).is_not(None)
+    )
+    if not target.tags and not named:  # a group alone: filtered in SQL
+        query = query.where(col(Device.group) == target.group)
+    if not_in_rollout is not None:
+        member = select(RolloutDevice.device_id).where(
+            col(RolloutDevice.rollout_id) == not_in_rollout,
+            col(RolloutDevice.device_id) == col(Device.id),
         )
-        if in_group or tagged or device.id in named:
-            found.append(device.id)
+        query = query.where(~member.exists())
+    found = []
+    for device_id, group, tags in db.exec(query).all():
+        in_group = target.group is not None and group == target.group
+        tagged = bool(target.tags) and all(
+            (tags or {}).get(key) == value for key, value in target.tags.items()
+        )
+        if in_group or tagged or device_id in named:
+            found.append(device_id)
     return sorted(found)
+
+
+def member_count(db: Session, rollout_id: int) -> int:
+    query = select(func.count()).where(col(RolloutDevice.rollout_id) == rollout_id)
+    return int(db.exec(query).one())
+
+
+def mark_notified(db: Session, rollout_id: int, device_ids: list[str], at: datetime) -> None:
+    """These members were sent the release at `at` (kept if they were already)."""
+    for start in range(0, len(device_ids), _CHUNK):
+        db.execute(
+            update(RolloutDevice)
+            .where(
+                col(RolloutDevice.rollout_id) == rollout_id,
+                col(RolloutDevice.device_id).in_(device_ids[start : start + _CHUNK]),
+                col(RolloutDevice.notified_at).is_(None),
+            )
+            .values(notified_at=at)
+        )
 
 
 def _check_named(db: Session, target: Target) -> None:
@@ -113,8 +143,12 @@ def _check_named(db: Session, target: Target) -> None:
 
 def previous_versions(db: Session, device_ids: Iterable[str], model: str) -> dict[str, str | None]:
     ids = list(device_ids)
-    records = db.exec(select(DesiredRecord).where(col(DesiredRecord.device_id).in_(ids))).all()
-    by_device = {record.device_id: record.models.get(model) for record in records}
+    by_device: dict[str, str | None] = {}
+    for start in range(0, len(ids), _CHUNK):
+        query = select(DesiredRecord.device_id, DesiredRecord.models).where(
+            col(DesiredRecord.device_id).in_(ids[start : start + _CHUNK])
+        )
+        by_device.update((device_id, models.get(model)) for device_id, models in db.exec(query))
     return {device_id: by_device.get(device_id) for device_id in ids}
 
 
@@ -156,21 +190,25 @@ def create(engine: Engine, spec: RolloutSpec, actor: str, releases: ReleaseCheck
         assert rollout.id is not None
         _supersede(db, rollout, devices)
         order = draw(devices, seed)
+        members: list[dict[str, object]] = []
         start = 0
         for number, size in enumerate(sizes):
             db.add(RolloutWave(rollout_id=rollout.id, number=number, size=size))
-            for position in range(start, start + size):
-                device_id = order[position]
-                db.add(
-                    RolloutDevice(
-                        rollout_id=rollout.id,
-                        device_id=device_id,
-                        wave=number,
-                        position=position,
-                        previous_version=previous[device_id],
-                    )
-                )
+            members += [
+                {
+                    "rollout_id": rollout.id,
+                    "device_id": order[position],
+                    "wave": number,
+                    "position": position,
+                    "previous_version": previous[order[position]],
+                }
+                for position in range(start, start + size)
+            ]
             start += size
+        db.flush()
+        # One executemany statement: an ORM object per member cost 0.3 ms each.
+        if members:
+            db.connection().execute(insert(ROLLOUT_DEVICES), members)
         audit.record(
             db,
             actor,
