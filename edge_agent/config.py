@@ -98,6 +98,12 @@ class RuntimeConfig(_Section):
     prompt_cache_mib: int = Field(
         512, ge=0, description="memory for kept prompt prefixes, per model; 0 = off"
     )
+    keep_alive_seconds: float = Field(
+        300.0, description="an idle model unloads after this long; < 0 = never (as Ollama)"
+    )
+    memory_budget_mib: int = Field(
+        0, ge=0, description="memory the loaded models share; 0 = 60% of the machine's"
+    )
 
 
 class ModelsConfig(_Section):

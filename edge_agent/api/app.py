@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from edge_agent import __version__
 from edge_agent.api.arrivals import ArrivalCounter, Arrivals
@@ -20,11 +21,13 @@ from edge_agent.api.generation import ChatShape, Generation, TextShape
 from edge_agent.api.hosts import HostGuard, HostPolicy
 from edge_agent.api.limits import BodySizeLimit
 from edge_agent.api.metrics import Metrics
+from edge_agent.api.model_metrics import ModelPoolCollector
 from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
 from edge_agent.api.tools import plan_tools
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
-from edge_agent.runtime import InvalidRequest
+from edge_agent.runtime import InvalidRequest, ModelLoadError
+from edge_agent.runtime.pool import ModelNotInstalled, ModelPool, parse_keep_alive
 from edge_agent.runtime.service import ModelService
 from edge_agent.store.store import RELEASE_FILE
 
@@ -35,15 +38,28 @@ def create_app(
     *,
     load: bool = True,
     usage: UsageRecorder | None = None,
+    pool: ModelPool | None = None,
 ) -> FastAPI:
     """Build the app. With `load`, models load in the background once the server starts.
-    `usage` hands request timings and counts to anonymous telemetry (none: off)."""
+    `usage` hands request timings and counts to anonymous telemetry (none: off).
+    `services` are pinned (always served); a `pool` also serves every installed model on
+    demand (without one, only `services`)."""
     usage = usage or UsageRecorder()
-    by_name = {service.name: service for service in services}
+    if pool is None:
+        pool = ModelPool(discover=dict, make_service=_no_other_models)
     arrivals = Arrivals()
+
+    def make_arrivals(service: ModelService) -> ModelService:
+        service.arrivals = arrivals  # a live switch retires a version once these are in
+        return service
+
     for service in services:
-        service.arrivals = arrivals
+        pool.pin(make_arrivals(service))
+    loader = pool.make_service
+    pool.make_service = lambda name, path: make_arrivals(loader(name, path))
+    by_name = pool.services  # loaded models; live switches replace entries in place
     metrics = Metrics()
+    metrics.registry.register(ModelPoolCollector(pool))
     metrics.watch(
         lambda: sum(s.scheduler.queue_depth for s in by_name.values() if s.scheduler),
         lambda: sum(s.scheduler.active_sequences for s in by_name.values() if s.scheduler),
@@ -57,9 +73,9 @@ def create_app(
         if load:
             for service in services:
                 service.load_in_background()
+        pool.start()
         yield
-        for service in by_name.values():
-            service.stop()
+        pool.stop()
 
     app = FastAPI(title="edge-agent", version=__version__, lifespan=lifespan)
     # Added innermost first. A request passes, in order: the Host/Origin check (before any
@@ -85,17 +101,31 @@ def create_app(
     install_handlers(app, usage.refused)
     app.state.metrics = metrics
     app.state.services = by_name
+    app.state.pool = pool
 
-    def service_for(name: str) -> ModelService:
-        if name not in by_name:
-            available = ", ".join(by_name) or "none"
-            raise ApiError(
-                404,
-                f"the model '{name}' does not exist here (available: {available})",
-                param="model",
-                code="model_not_found",
-            )
-        return by_name[name]
+    def not_found(name: str, available: Sequence[str]) -> ApiError:
+        return ApiError(
+            404,
+            f"the model '{name}' does not exist here (available: {', '.join(available) or 'none'})",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def acquire(name: str, keep_alive: float | str | None) -> ModelService:
+        """The model, loaded on demand (the request waits); release it once submitted."""
+        try:
+            seconds = parse_keep_alive(keep_alive)
+        except ValueError as exc:
+            raise InvalidRequest("keep_alive", str(exc)) from None
+        try:
+            loaded = pool.acquire_loaded(name, seconds)
+            if loaded is not None:
+                return loaded
+            return await run_in_threadpool(pool.acquire, name, seconds)
+        except ModelNotInstalled as exc:
+            raise not_found(name, exc.available) from None
+        except ModelLoadError as exc:
+            raise ApiError(400, str(exc), param="model", code="model_too_large") from None
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -104,7 +134,9 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         models = [_model_status(service) for service in by_name.values()]
-        ready = bool(by_name) and all(service.ready for service in by_name.values())
+        # Ready once the pinned models are; the others load when asked for.
+        some = bool(by_name) or bool(pool.known())
+        ready = some and all(service.ready for service in by_name.values())
         status = "ready" if ready else "not_ready"
         body = {"status": status, "version": __version__, "models": models}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -117,15 +149,36 @@ def create_app(
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(s) for s in by_name.values()]}
+        return {"object": "list", "data": [_model_card(n, p) for n, p in pool.known().items()]}
 
     @v1.get("/models/{name}")
     async def get_model(name: str) -> dict[str, Any]:
-        return _model_card(service_for(name))
+        known = pool.known()
+        if name not in known:
+            raise not_found(name, list(known))
+        return _model_card(name, known[name])
+
+    @v1.get("/ps")
+    async def loaded_models() -> dict[str, Any]:
+        """What is loaded now: memory, idle time, keep-alive (`edge-agent ps` reads it)."""
+        return {
+            "object": "list",
+            "data": pool.ps(),
+            "memory_budget_bytes": pool.budget_bytes,
+            "memory_used_bytes": pool.used_bytes(),
+        }
 
     @v1.post("/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-        service = service_for(body.model)
+        service = await acquire(body.model, body.keep_alive)
+        try:  # leased until its work is queued: the pool does not unload it meanwhile
+            return await chat_on(service, body, request)
+        finally:
+            pool.release(service)
+
+    async def chat_on(
+        service: ModelService, body: ChatCompletionRequest, request: Request
+    ) -> Response:
         tools = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
         params = body.chat_sampling(tools.grammar() if tools else None)
         model, _ = service.require()
@@ -143,7 +196,15 @@ def create_app(
 
     @v1.post("/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        service = service_for(body.model)
+        service = await acquire(body.model, body.keep_alive)
+        try:
+            return await completions_on(service, body, request)
+        finally:
+            pool.release(service)
+
+    async def completions_on(
+        service: ModelService, body: CompletionRequest, request: Request
+    ) -> Response:
         params = body.sampling()
         model, _ = service.require()
         prompt = body.prompt_input()
@@ -171,9 +232,13 @@ def create_app(
     return app
 
 
-def _model_card(service: ModelService) -> dict[str, Any]:
-    created = _installed_at(service.loaded_from or service.path.resolve())
-    return {"id": service.name, "object": "model", "created": created, "owned_by": "edge-agent"}
+def _no_other_models(name: str, _path: Path) -> ModelService:
+    raise ModelNotInstalled(name, [])
+
+
+def _model_card(name: str, path: Path) -> dict[str, Any]:
+    created = _installed_at(path.resolve())
+    return {"id": name, "object": "model", "created": created, "owned_by": "edge-agent"}
 
 
 def _installed_at(folder: Path) -> int:

@@ -103,6 +103,7 @@ class Generation:
     def _observe_finish(self, done: Finished, status: int) -> None:
         now = time.perf_counter()
         self.metrics.requests.labels(self.endpoint, str(status)).inc()
+        self.metrics.model_requests.labels(self.service.name, str(status)).inc()
         self.metrics.request_seconds.labels(self.endpoint).observe(now - self.started)
         self.metrics.tokens.labels("prompt").inc(done.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(done.completion_tokens)

@@ -51,6 +51,12 @@ class Metrics:
             ["endpoint", "status"],
             registry=self.registry,
         )
+        self.model_requests = Counter(
+            "edge_agent_model_generations",
+            "Generation requests by model and how they ended",
+            ["model", "status"],
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "edge_agent_tokens",
             "Tokens processed, by kind (prompt or completion)",

@@ -154,6 +154,8 @@ class _GenerationRequest(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    # Ollama's: how long the model stays loaded once idle (seconds or "5m"; < 0 = always)
+    keep_alive: float | str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -83,7 +83,9 @@ class ActiveWatcher:
 
     def poll(self) -> bool:
         """Switch if the pointer moved; returns whether a switch happened."""
-        current = self.services[self.name]
+        current = self.services.get(self.name)
+        if current is None:  # not loaded now: its next load reads the pointer afresh
+            return False
         if not current.ready or current.loaded_from is None:
             return False
         target = self._wanted(current)
