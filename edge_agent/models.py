@@ -7,6 +7,10 @@ from pathlib import Path
 
 from edge_agent.runtime.model_folder import CONFIG_NAME
 
+EMBEDDINGS_CONFIG = "embeddings.json"  # an encoder for /v1/embeddings (runtime.encoder)
+GENERATION = "generation"
+EMBEDDINGS = "embeddings"
+
 
 class ModelNotFound(Exception):
     pass
@@ -16,6 +20,7 @@ class ModelNotFound(Exception):
 class ModelRef:
     name: str
     path: Path
+    kind: str = GENERATION
 
 
 def installed_models(models_dir: Path) -> list[ModelRef]:
@@ -25,10 +30,13 @@ def installed_models(models_dir: Path) -> list[ModelRef]:
         return []
     found = []
     for entry in sorted(models_dir.iterdir()):
-        if (entry / "active" / CONFIG_NAME).is_file():
-            found.append(ModelRef(entry.name, entry / "active"))
-        elif (entry / CONFIG_NAME).is_file():
-            found.append(ModelRef(entry.name, entry))
+        for folder in (entry / "active", entry):
+            if (folder / CONFIG_NAME).is_file():
+                found.append(ModelRef(entry.name, folder))
+                break
+            if (folder / EMBEDDINGS_CONFIG).is_file():
+                found.append(ModelRef(entry.name, folder, EMBEDDINGS))
+                break
     return found
 
 

@@ -16,6 +16,7 @@ from edge_agent import __version__
 from edge_agent.api.arrivals import ArrivalCounter, Arrivals
 from edge_agent.api.auth import ApiKeyGuard
 from edge_agent.api.counting import ResponseCounter
+from edge_agent.api.embeddings import embeddings_router
 from edge_agent.api.errors import ApiError, install_handlers
 from edge_agent.api.generation import ChatShape, Generation, TextShape
 from edge_agent.api.hosts import HostGuard, HostPolicy
@@ -27,6 +28,7 @@ from edge_agent.api.tools import plan_tools
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
 from edge_agent.runtime import InvalidRequest, ModelLoadError
+from edge_agent.runtime.encoder import Encoders
 from edge_agent.runtime.pool import ModelNotInstalled, ModelPool, parse_keep_alive
 from edge_agent.runtime.service import ModelService
 from edge_agent.store.store import RELEASE_FILE
@@ -39,14 +41,16 @@ def create_app(
     load: bool = True,
     usage: UsageRecorder | None = None,
     pool: ModelPool | None = None,
+    encoders: Encoders | None = None,
 ) -> FastAPI:
     """Build the app. With `load`, models load in the background once the server starts.
     `usage` hands request timings and counts to anonymous telemetry (none: off).
     `services` are pinned (always served); a `pool` also serves every installed model on
-    demand (without one, only `services`)."""
+    demand (without one, only `services`); `encoders` serve /v1/embeddings."""
     usage = usage or UsageRecorder()
     if pool is None:
         pool = ModelPool(discover=dict, make_service=_no_other_models)
+    encoders = encoders or Encoders(discover=dict)
     arrivals = Arrivals()
 
     def make_arrivals(service: ModelService) -> ModelService:
@@ -149,11 +153,12 @@ def create_app(
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(n, p) for n, p in pool.known().items()]}
+        known = {**encoders.known(), **pool.known()}
+        return {"object": "list", "data": [_model_card(n, p) for n, p in known.items()]}
 
     @v1.get("/models/{name}")
     async def get_model(name: str) -> dict[str, Any]:
-        known = pool.known()
+        known = {**encoders.known(), **pool.known()}
         if name not in known:
             raise not_found(name, list(known))
         return _model_card(name, known[name])
@@ -229,6 +234,7 @@ def create_app(
         return await gen.respond()
 
     app.include_router(v1)
+    app.include_router(embeddings_router(encoders))
     return app
 
 
