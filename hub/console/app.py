@@ -94,6 +94,7 @@ def create_console(
     certificates on the device page and revoking a device."""
     engine = desk.engine
     console = ConsoleDesk(desk, AttemptLimit(), k_anonymity)
+    telemetry_cache = telemetry_view.HealthCache()
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["when"] = _local_time
     templates.env.filters["fromiso"] = datetime.fromisoformat
@@ -322,12 +323,20 @@ def create_console(
     @app.get("/telemetry", response_class=HTMLResponse)
     def telemetry_page(request: Request, model: str = "", days: int = 7) -> Response:
         who = viewer(request)
-        models = telemetry_view.models_with_telemetry(engine)
+        # The published models (no scan of the telemetry table); without a repository,
+        # those telemetry names.
+        models = (
+            sorted(releases_view.model_names(repository))
+            if repository
+            else telemetry_cache.models(engine)
+        )
         chosen = telemetry_view.TelemetryFilter(
             model or (models[0] if models else ""),
             days if days in telemetry_view.DAYS else 7,
         )
-        data = telemetry_view.health(engine, chosen, datetime.now(UTC), console.k_anonymity)
+        data = telemetry_view.health(
+            engine, chosen, datetime.now(UTC), console.k_anonymity, telemetry_cache
+        )
         return page(
             request, "telemetry.html", who, models=models, chosen=chosen,
             choices=telemetry_view.DAYS, charts=data, k=console.k_anonymity,

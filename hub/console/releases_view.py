@@ -79,6 +79,11 @@ def releases(repository: ReleaseRepository, engine: Engine) -> dict[str, list[Re
     return shown
 
 
+def model_names(repository: ReleaseRepository) -> set[str]:
+    """Every model with a release, listed or revoked."""
+    return {*repository.index().models, *load_settings(repository.root).revoked}
+
+
 def _previous(repository: ReleaseRepository, model: str, version: str) -> str | None:
     older = [v for v in repository.index().versions(model) if Version(v) < Version(version)]
     return max(older, key=Version, default=None)

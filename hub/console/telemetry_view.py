@@ -4,6 +4,8 @@ suppressed and drawn as a gap, never filled in or counted."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ from hub.telemetry.query import Bucket, HealthCell, release_health
 DAYS = (1, 7, 30, 365)
 HOURLY_UP_TO_DAYS = 7  # longer spans are drawn per day (fewer points, same query)
 TABLE_ROWS = 48  # the newest cells in the table under the charts
+CACHE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,6 @@ class TelemetryFilter:
 
 
 def models_with_telemetry(engine: Engine) -> list[str]:
-    # DISTINCT over the (model, version, window_hour) index: no scan of a year's rows.
     with engine.connect() as connection:
         found = connection.execute(select(TELEMETRY.c.model).distinct()).scalars().all()
     return sorted(m for m in found if m)
@@ -39,13 +41,59 @@ def _label(cell: HealthCell) -> str:
     return f"{cell.start:%Y-%m-%d %H:00} UTC"
 
 
-def health(engine: Engine, chosen: TelemetryFilter, now: datetime, k: int) -> dict[str, Any]:
+class HealthCache:
+    """The page's cells for CACHE_SECONDS per (model, span, k): a year of hourly reports
+    takes a few hundred ms to aggregate on SQLite, and cells change only as late reports
+    arrive, so a view at most a minute old is shown again instead of aggregated again."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS, entries: int = 32) -> None:
+        self.seconds, self.entries = seconds, entries
+        self._found: dict[tuple[str, int, int], tuple[float, list[HealthCell]]] = {}
+        self._models: tuple[float, list[str]] | None = None
+        self._lock = threading.Lock()
+
+    def models(self, engine: Engine) -> list[str]:
+        # DISTINCT walks the whole (model, version, window_hour) index: once a minute.
+        known = self._models
+        if known is not None and time.monotonic() - known[0] < self.seconds:
+            return known[1]
+        found = models_with_telemetry(engine)
+        self._models = (time.monotonic(), found)
+        return found
+
+    def cells(
+        self, engine: Engine, chosen: TelemetryFilter, now: datetime, k: int
+    ) -> list[HealthCell]:
+        key = (chosen.model, chosen.days, k)
+        with self._lock:
+            hit = self._found.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.seconds:
+            return hit[1]
+        since = now - timedelta(days=chosen.days)
+        cells = release_health(engine, chosen.model, since=since, bucket=chosen.bucket, k=k)
+        with self._lock:
+            if len(self._found) >= self.entries:
+                self._found.pop(min(self._found, key=lambda known: self._found[known][0]))
+            self._found[key] = (time.monotonic(), cells)
+        return cells
+
+
+def health(
+    engine: Engine,
+    chosen: TelemetryFilter,
+    now: datetime,
+    k: int,
+    cache: HealthCache | None = None,
+) -> dict[str, Any]:
     """Charts' data in the shape console.js draws ({"hours", "series", "suppressed"}), a
     summary per release and the newest cells for the table."""
     if not chosen.model:
         return {"hours": [], "series": {}, "suppressed": [], "releases": [], "cells": []}
-    since = now - timedelta(days=chosen.days)
-    cells = release_health(engine, chosen.model, since=since, bucket=chosen.bucket, k=k)
+    if cache is not None:
+        cells = cache.cells(engine, chosen, now, k)
+    else:
+        since = now - timedelta(days=chosen.days)
+        cells = release_health(engine, chosen.model, since=since, bucket=chosen.bucket, k=k)
     starts = sorted({c.start for c in cells})
     by_version: dict[str, dict[datetime, HealthCell]] = {}
     for cell in cells:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from hub.db import session
@@ -46,15 +46,13 @@ def describe(engine: Engine, rollout_id: int) -> dict[str, Any]:
         shown = []
         for wave in waves:
             results = wave_results(db, rollout, wave.number, timeout, at)
-            notified = len(
-                db.exec(
-                    select(RolloutDevice.device_id).where(
-                        col(RolloutDevice.rollout_id) == rollout_id,
-                        col(RolloutDevice.wave) == wave.number,
-                        col(RolloutDevice.notified_at).is_not(None),
-                    )
-                ).all()
-            )
+            notified = db.exec(
+                select(func.count()).where(
+                    col(RolloutDevice.rollout_id) == rollout_id,
+                    col(RolloutDevice.wave) == wave.number,
+                    col(RolloutDevice.notified_at).is_not(None),
+                )
+            ).one()  # counted by the database: a wave may hold thousands
             counts = results.counts()
             shown.append(
                 {

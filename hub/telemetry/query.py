@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from packaging.version import Version
-from sqlalchemy import Engine, RowMapping, and_, distinct, func, select
+from sqlalchemy import ColumnElement, Engine, RowMapping, and_, distinct, func, select
 
 from hub.telemetry.models import (
     COUNTERS,
@@ -201,21 +201,26 @@ def release_health(
     t = TELEMETRY
     # The agent's own report (restarts, crashes) of the same device and window: a crash is
     # counted against every release the device reported in that window.
+    conditions = [t.c.model == model]
+    agent_conditions: list[ColumnElement[bool]] = [t.c.model.is_(None)]
+    if version is not None:
+        conditions.append(t.c.version == version)
+    if since is not None:
+        first_hour = _first_hour(since, bucket)
+        conditions.append(t.c.window_hour >= first_hour)
+        # The same span on the agent's side: only those windows can join, and without it
+        # every query would add up the agent reports of all time.
+        agent_conditions.append(t.c.window_hour >= first_hour)
     agent = (
         select(
             t.c.pseudonym,
             t.c.window_start,
             *(func.sum(t.c[name]).label(name) for name in _AGENT_COUNTERS),
         )
-        .where(t.c.model.is_(None))
+        .where(*agent_conditions)
         .group_by(t.c.pseudonym, t.c.window_start)
         .subquery("agent")
     )
-    conditions = [t.c.model == model]
-    if version is not None:
-        conditions.append(t.c.version == version)
-    if since is not None:
-        conditions.append(t.c.window_hour >= _first_hour(since, bucket))
     summed = _summed_columns()
     # The cell is computed in a subquery and grouped on outside: grouping by an expression
     # with a bound parameter fails on PostgreSQL (the SELECT's copy is another parameter).
