@@ -124,3 +124,17 @@ def test_matryoshka_models_truncate_and_renormalise(tmp_path: Path, encoder_dir:
     assert abs(float(np.linalg.norm(short.data[0].embedding)) - 1.0) < 1e-5
     head = np.asarray(full.data[0].embedding[:16])
     assert short.data[0].embedding == pytest.approx(list(head / np.linalg.norm(head)), abs=1e-6)
+
+
+def test_an_installed_encoder_passes_the_update_health_check_and_a_broken_one_fails(
+    tmp_path: Path, encoder_dir: Path
+) -> None:
+    from edge_agent.updates.errors import HealthCheckFailed
+    from edge_agent.updates.health import check_model
+
+    check_model(encoder_dir)
+    broken = tmp_path / "broken"
+    shutil.copytree(encoder_dir, broken)
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(HealthCheckFailed, match="could not load the encoder"):
+        check_model(broken)
