@@ -39,6 +39,22 @@ class EncoderRecipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+ENCODER_RECIPES = {
+    "tiny": EncoderRecipe(),  # for tests: a few hundred kB
+    # all-MiniLM-L6-v2's shape (about 22 M parameters before the smaller vocabulary): for
+    # the benchmark, where the graph, not the HTTP around it, must take most of the time.
+    "minilm": EncoderRecipe(
+        name="encoder-minilm",
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        vocab_size=8192,
+        max_position_embeddings=512,
+    ),
+}
+
+
 def build_hf_encoder(recipe: EncoderRecipe, out_dir: Path) -> Path:
     """The Hugging Face folder: config.json, model.safetensors, WordPiece tokenizer."""
     import torch
