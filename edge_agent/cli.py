@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -14,10 +15,19 @@ import typer
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, ApiConfig, load_config
 from edge_agent.installed.commands import register as register_installed_commands
-from edge_agent.models import ModelNotFound, ModelRef, installed_models, resolve_model
+from edge_agent.models import (
+    EMBEDDINGS,
+    GENERATION,
+    ModelNotFound,
+    ModelRef,
+    installed_models,
+    resolve_model,
+)
 from edge_agent.program import ListenError, Program, listen, serve_http, url_of
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime-genai: imported lazily so --version is fast
+    from edge_agent.runtime.encoder import Encoders
+    from edge_agent.runtime.pool import ModelPool
     from edge_agent.runtime.service import ModelService
     from edge_agent.runtime.swap import ActiveWatcher
     from edge_agent.sync.service import SyncService
@@ -136,11 +146,18 @@ def _finish_interrupted_update() -> None:
 
 @app.command()
 def serve(
-    model: Annotated[str | None, typer.Option(help="installed model name or folder path")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="installed model name or folder path, loaded at start and never unloaded "
+            "(repeatable); every other installed model loads when asked for"
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8080)")] = None,
     name: Annotated[
-        str | None, typer.Option(help="model id clients use (default: the model's name)")
+        str | None,
+        typer.Option(help="model id clients use, with one --model (default: the model's name)"),
     ] = None,
     insecure_no_auth: Annotated[
         bool,
@@ -151,7 +168,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve a model on the local OpenAI-compatible API."""
+    """Serve the installed models on the local OpenAI-compatible API."""
     from edge_agent.api import create_app
     from edge_agent.api.usage import UsageRecorder
     from edge_agent.runtime import inspect_model_folder
@@ -159,13 +176,31 @@ def serve(
     from edge_agent.runtime.memory import tune_allocator
 
     api = _api_settings(host, port, insecure_no_auth)  # before any work: it may refuse
-    ref = _model(model)
+    config = _config()
+    installed = [ref for ref in installed_models(config.models_dir) if ref.kind == GENERATION]
+    wanted = model or ([config.models.default] if config.models.default else [])
+    if not wanted and not installed:
+        fail(
+            f"no model to serve: none is installed in {config.models_dir}; install one, "
+            "or pass --model NAME_OR_PATH",
+            2,
+        )
+    pinned = [_model(each) for each in wanted]
     if name:
-        ref = ModelRef(name, ref.path)
-    try:
-        inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
-    except ModelFolderError as exc:
-        fail(str(exc), 2)
+        if len(pinned) != 1:
+            fail("--name renames one model: give exactly one --model with it", 2)
+        pinned = [ModelRef(name, pinned[0].path)]
+    for ref in pinned:
+        if ref.kind == EMBEDDINGS:
+            fail(
+                f"{ref.name} is a sentence encoder: it serves /v1/embeddings whenever it is "
+                "installed; give --model only for generation models",
+                2,
+            )
+        try:
+            inspect_model_folder(ref.path)  # refuse a broken folder before binding the port
+        except ModelFolderError as exc:
+            fail(str(exc), 2)
     try:  # before the slow work: a taken port is said at once
         from edge_agent.installed.handoff import inherited_listener
 
@@ -174,41 +209,26 @@ def serve(
         fail(str(exc))
     tune_allocator()  # before the server's threads start allocating
     _finish_interrupted_update()
-    config = _config()
     sync = _start_sync()
     peers = _start_peer_service(config)
     telemetry = _start_telemetry(sync)
-    service = _service(ref, telemetry)
+    services = [_service(ref, telemetry) for ref in pinned]
     usage = UsageRecorder(telemetry.collector if telemetry else None)
-    application = create_app(api, [service], usage=usage)
-    watcher: ActiveWatcher | None = None
-    if ref.path.name == "active" and ref.path.is_symlink():  # installed: follow its updates
-        from edge_agent.runtime.swap import ActiveWatcher
-        from edge_agent.updates.errors import StateDamaged
-        from edge_agent.updates.machine import Phase, StateFile
-
-        updates = StateFile(config.update_state_path)
-
-        def settled() -> bool:
-            try:
-                return updates.load().phase is Phase.IDLE
-            except StateDamaged:  # keep the version that serves; the next update resets it
-                return False
-
-        watcher = ActiveWatcher(
-            application.state.services,
-            ref.name,
-            lambda: _service(ref, telemetry),
-            config.updates.watch_interval_seconds,
-            settled=settled,
-        )
-        watcher.start()
+    pool = _model_pool(telemetry)
+    application = create_app(api, services, usage=usage, pool=pool, encoders=_encoders())
+    watchers = _active_watchers(pool, [*pinned, *installed], telemetry)
     url = url_of(sock)
 
-    hello = {"model": ref.name, "messages": [{"role": "user", "content": "Hello"}]}
+    first = pinned[0].name if pinned else installed[0].name
+    hello = {"model": first, "messages": [{"role": "user", "content": "Hello"}]}
+    names = ", ".join(f"'{ref.name}'" for ref in pinned) or "none pinned"
+    others = len({ref.name for ref in installed} - {ref.name for ref in pinned})
+    on_demand = f" (and {others} more installed, loaded on demand)" if others else ""
 
     def listening() -> None:  # printed once the server accepts requests, with the real port
-        typer.echo(f"edge-agent {__version__}: serving model '{ref.name}' at {url}/v1", err=True)
+        typer.echo(
+            f"edge-agent {__version__}: serving model {names}{on_demand} at {url}/v1", err=True
+        )
         typer.echo(
             f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
             f"-d '{json.dumps(hello)}'",
@@ -217,13 +237,17 @@ def serve(
 
     from edge_agent.installed.hooks import RESTART_EXIT, ServiceHooks
 
-    installed = ServiceHooks([service], url)  # READY=1 and watchdog; an A/B switch
+    hub_reached = (lambda: sync.link.connected) if sync is not None else None
+    hooks = ServiceHooks(services, url, hub_reached)  # READY=1, watchdog, A/B switch
     try:
-        installed.start()  # on the launcher's socket: only once the model is loaded
-        serve_http(application, api.host, api.port, sock=sock, on_listening=listening)
+        hooks.start()  # on the launcher's socket: only once the pinned models are loaded
+        from edge_agent.installed.handoff import linger_seconds
+
+        serve_http(application, api.host, api.port, sock=sock, on_listening=listening,
+                   linger_seconds=linger_seconds())  # fmt: skip
     finally:
-        installed.stop()
-        if watcher is not None:
+        hooks.stop()
+        for watcher in watchers:
             watcher.stop(WATCHER_STOP_SECONDS)  # a version retiring mid-switch finishes first
         if telemetry is not None:
             telemetry.stop()  # the open window goes into the outbox before it closes
@@ -231,8 +255,68 @@ def serve(
             sync.stop()
         if peers is not None:
             peers.stop()
-    if installed.switching:  # drained: the launcher starts the new slot
+    if hooks.switching:  # drained: the launcher starts the new slot
         raise typer.Exit(RESTART_EXIT)
+
+
+def _model_pool(telemetry: Telemetry | None) -> ModelPool:
+    """Every installed model, loaded on demand within [runtime]'s memory budget."""
+    from edge_agent.runtime.pool import ModelPool
+
+    config = _config()
+    return ModelPool(
+        discover=lambda: _installed_of_kind(GENERATION),
+        make_service=lambda name, path: _service(ModelRef(name, path), telemetry),
+        budget_bytes=config.runtime.memory_budget_mib * 2**20,
+        keep_alive_seconds=config.runtime.keep_alive_seconds,
+        retry_after_seconds=config.api.retry_after_seconds,
+    )
+
+
+def _installed_of_kind(kind: str) -> dict[str, Path]:
+    return {
+        ref.name: ref.path for ref in installed_models(_config().models_dir) if ref.kind == kind
+    }
+
+
+def _encoders() -> Encoders:
+    """The installed sentence encoders, for /v1/embeddings."""
+    from edge_agent.runtime.encoder import Encoders
+
+    return Encoders(lambda: _installed_of_kind(EMBEDDINGS), _config().runtime.intra_op_threads)
+
+
+def _active_watchers(
+    pool: ModelPool, refs: list[ModelRef], telemetry: Telemetry | None
+) -> list[ActiveWatcher]:
+    """One per installed model: a new version of one switches live, the others untouched
+    (a model that is not loaded reads its pointer when it next loads)."""
+    from edge_agent.runtime.swap import ActiveWatcher
+    from edge_agent.updates.errors import StateDamaged
+    from edge_agent.updates.machine import Phase, StateFile
+
+    config = _config()
+    updates = StateFile(config.update_state_path)
+
+    def settled() -> bool:
+        try:
+            return updates.load().phase is Phase.IDLE
+        except StateDamaged:  # keep the version that serves; the next update resets it
+            return False
+
+    watchers: dict[str, ActiveWatcher] = {}
+    for ref in refs:
+        if ref.name in watchers or not (ref.path.name == "active" and ref.path.is_symlink()):
+            continue
+        watchers[ref.name] = ActiveWatcher(
+            pool.swap_view(),
+            ref.name,
+            functools.partial(_service, ref, telemetry),
+            config.updates.watch_interval_seconds,
+            settled=settled,
+        )
+        watchers[ref.name].start()
+    return list(watchers.values())
 
 
 def _start_peer_service(config: AgentConfig) -> PeerService | None:
@@ -505,6 +589,28 @@ def models() -> None:
 
 
 @app.command()
+def ps(
+    url: Annotated[
+        str | None, typer.Option(help="the agent's address (default: from [api])")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the agent's answer")] = False,
+) -> None:
+    """What the running agent has loaded: memory, idle time, when each model unloads."""
+    from edge_agent.ps import AgentUnreachable, agent_url, format_table, loaded_models
+
+    api = _config().api
+    try:
+        body = loaded_models(url or agent_url(api), api.api_keys[0] if api.api_keys else None)
+    except AgentUnreachable as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    for line in format_table(body):
+        typer.echo(line)
+
+
+@app.command()
 def trust(
     root_json: Annotated[Path, typer.Argument(help="the fleet's TUF root.json")],
     replace: Annotated[bool, typer.Option(help="replace a root pinned before")] = False,
@@ -662,6 +768,14 @@ def import_stick(
     for outcome in report.outcomes:
         state = "installed and active" if outcome.changed else "already active"
         typer.echo(f"{outcome.model}: {outcome.version} {state}")
+    for note in report.notes:  # what this device's desired state on the stick held back
+        typer.echo(note)
+    if report.window_closed:
+        opens = report.window_opens.isoformat() if report.window_opens else "not within five years"
+        typer.echo(
+            f"the maintenance window is closed: nothing was installed; import the stick "
+            f"again once it opens ({opens})"
+        )
     if enrolled is not None:  # what happened goes to the hub, by the link or the next stick
         from edge_agent.sync.outbox import Outbox
         from edge_agent.sync.settings import OUTBOX_FILE
