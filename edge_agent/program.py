@@ -120,6 +120,25 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     return f"{scheme}://{shown}:{port}"
 
 
+def _closing_when(draining: Any, application: Any) -> Any:
+    """The ASGI application, with `Connection: close` on responses once `draining` is set."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await application(scope, receive, send)
+            return
+
+        async def closing_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and draining.is_set():
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await application(scope, receive, closing_send)
+
+    return app
+
+
 def serve_http(
     application: Any,
     host: str,
@@ -128,6 +147,7 @@ def serve_http(
     tls: tuple[Path, Path] | None = None,
     sock: socket.socket | None = None,
     on_listening: Callable[[], None] | None = None,
+    linger_seconds: float = 0.0,
 ) -> None:
     """Run uvicorn in the foreground until SIGINT or SIGTERM, then return normally.
 
@@ -137,20 +157,48 @@ def serve_http(
     them run. `tls`: (certificate, key) files to serve HTTPS. `sock`: a socket from
     `listen()` (else one is bound here, raising ListenError); `on_listening` runs once the
     server accepts requests, so what it prints is true.
+
+    `linger_seconds`: on SIGTERM, first serve that long with `Connection: close` on every
+    response, so clients stop reusing their keep-alive connections, then shut down. Where
+    another process serves the same socket (the launcher's hand-over) a connection closed
+    under a client that had just sent its next request would otherwise be a failed request.
     """
+    import asyncio
     import signal
     import sys
+    import threading
 
     import uvicorn
+
+    draining = threading.Event()
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            self._loop = asyncio.get_running_loop()
             if self.started and on_listening is not None:
                 on_listening()
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            """uvicorn's own SIGTERM handler while it serves. With a linger: accept nothing
+            more (the other process takes new connections), answer what is open with
+            Connection: close, and only then shut down as usual."""
+            if linger_seconds <= 0 or sig != signal.SIGTERM or draining.is_set():
+                super().handle_exit(sig, frame)
+                return
+            draining.set()
+            self._loop.call_soon_threadsafe(self._stop_accepting)
+            threading.Timer(linger_seconds, setattr, (self, "should_exit", True)).start()
+
+        def _stop_accepting(self) -> None:
+            for listener in self.servers:
+                listener.close()  # this process accepts no more; its connections go on
+
     def _exit(_signum: int, _frame: object) -> None:
         sys.exit(0)
+
+    if linger_seconds > 0:
+        application = _closing_when(draining, application)
 
     bound = sock if sock is not None else listen(host, port)
     previous = signal.signal(signal.SIGTERM, _exit)

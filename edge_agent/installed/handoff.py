@@ -12,11 +12,18 @@ from edge_agent.installed.launcher import LISTEN_FD_ENV
 from edge_agent.program import ListenError
 
 _handed_down = False
+# On SIGTERM a handed-down agent keeps serving this long with `Connection: close` (the new
+# agent already serves the same socket), so no client reuses a connection being closed.
+LINGER_SECONDS = 1.5
 
 
 def handed_down() -> bool:
     """True when this process serves on a socket the launcher handed it."""
     return _handed_down
+
+
+def linger_seconds() -> float:
+    return LINGER_SECONDS if _handed_down else 0.0
 
 
 def inherited_listener(host: str, port: int) -> socket.socket | None:
