@@ -106,11 +106,16 @@ class AgentSelfUpdate:
         return policy.hold(now) if policy.blocks(version, now) else None
 
     def settled(self, version: str) -> bool:
-        """Nothing to do for `version` now: it failed here before, or it is on trial."""
+        """Nothing to do for `version` now: it failed here before, it is on trial, or this
+        agent is the one being replaced (it drains; the new one decides)."""
         slots = self._slots()
         if slots is None:
             return False
-        return version in slots.failed_versions or slots.trial_version == version
+        return (
+            version in slots.failed_versions
+            or slots.trial_version == version
+            or (self.slot is not None and slots.committed != self.slot)
+        )
 
     def report(self) -> ModelReport:
         slots = self._slots()
@@ -141,6 +146,11 @@ class AgentSelfUpdate:
         held = self.blocked(version)
         if held:
             raise HeldBack(held)
+        if self.superseded():
+            raise UpdateError(
+                f"slot {self.slot} is being replaced; the agent now committed decides about "
+                f"edge-agent {version}"
+            )
         try:
             if Version(version) < Version(self.active_version()):
                 raise Refused(

@@ -159,8 +159,13 @@ def test_the_fleet_updates_the_agent_pin_held_and_reported_then_switched_under_l
         assert len(load.results) > 4
         after = reported(hub, AGENT_RELEASE)
         assert after is not None and after.held is None and after.last_result == "succeeded"
-        assert ("0.2.0", "installed", None) in events(hub, AGENT_RELEASE)
-        assert ("0.2.0", "healthy", None) in events(hub, AGENT_RELEASE)
+        wait_for(lambda: ("0.2.0", "healthy", None) in events(hub, AGENT_RELEASE),
+                 f"the switch's result reported\n{agent.text()}", 30)  # fmt: skip
+        time.sleep(5)  # the old agent drained and left without acting again
+        assert sorted(events(hub, AGENT_RELEASE)) == [  # one install, nothing after it
+            ("0.2.0", "healthy", None), ("0.2.0", "installed", None), ("0.2.0", "start", None)
+        ]  # fmt: skip
+        assert state(root)["committed"] == "b" and state(root)["trial"] is None
     finally:
         agent.stop()
 
