@@ -59,7 +59,7 @@ def test_the_root_filesystem_boots_the_agent_offline_in_a_chroot(
     enabled = image / "etc/systemd/system/multi-user.target.wants/edge-agent.service"
     assert enabled.is_symlink(), "the service is not enabled in the image"
     assert "edge-agent:" in (image / "etc" / "passwd").read_text()
-    assert not (image / "tmp" / "edge-agent-installer").exists()
+    assert not (image / "root" / "edge-agent-installer").exists()
 
     shutil.copytree(tiny_model_dir, image / "srv" / "tiny")
     # No network (-n); a /proc of its own, which onnxruntime needs, in a private mount and
