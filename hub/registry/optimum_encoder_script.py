@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import optimum.version
 from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer
 from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -17,6 +18,4 @@ quantizer = ORTQuantizer.from_pretrained(str(exported))
 config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
 quantizer.quantize(save_dir=str(out / "int8"), quantization_config=config)
 (quantized,) = (out / "int8").glob("*.onnx")
-import optimum.version  # noqa: E402
-
 print(json.dumps({"model": str(quantized), "optimum": optimum.version.__version__}))
