@@ -47,7 +47,8 @@ blocked = set(json.loads(sys.argv[1]))
 class Absent(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in blocked:
-            raise ImportError(f"{name} is not installed on a field device")
+            # What Python itself raises for a missing package, which libraries test for.
+            raise ModuleNotFoundError(f"{name} is not installed on a field device", name=name)
         return None
 
 sys.meta_path.insert(0, Absent())

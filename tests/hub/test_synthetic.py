@@ -55,6 +55,9 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path: Path) -> None:
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text('{"model_type": "llama"}')
+    # Past the folder check (weights and a tokenizer are present), so the builder runs and fails.
+    (hf / "model.safetensors").write_bytes(b"not safetensors")
+    (hf / "tokenizer.json").write_text("{}")
     with pytest.raises(ConversionError, match="model builder exited"):
         convert_hf_folder(hf, tmp_path / "out", QuantOptions())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
