@@ -33,12 +33,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edge_agent.atomic import write_atomic
 from edge_agent.sync.hubtrust import ca_fingerprint
 from edge_agent.sync.identity import key_pem, new_key
-from hub.fleet.identity import CA_NAME
+from hub.fleet.identity import CA_NAME, ca_key_usage, self_signed_ca, x509_name
 from provisioning.ceremony import MIN_PASSPHRASE_BYTES, CeremonyError
 
 ROOT_KEY_FILE = "device-root-ca.key.pem"
@@ -49,24 +48,6 @@ HUB_CA_VALID_DAYS = 5 * 365
 HUB_CA_KEY = "ca.key"
 HUB_CA_CERT = "ca.crt"
 HUB_CA_CSR = "ca.csr"
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _ca_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -82,19 +63,7 @@ def init_device_root(ceremony: Path, passphrase: bytes, *, now: dt.datetime | No
         raise CeremonyError(f"{ceremony} already holds a device root CA; it is made once")
     now = now or dt.datetime.now(dt.UTC)
     key = new_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(ROOT_NAME))
-        .issuer_name(_name(ROOT_NAME))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=ROOT_VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_usage(), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, ROOT_NAME, valid_days=ROOT_VALID_DAYS, path_length=1, now=now)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -124,7 +93,7 @@ def request_hub_ca(identity_dir: Path) -> Path:
         write_atomic(key_path, key_pem(key), mode=0o600)
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(_name(CA_NAME))
+        .subject_name(x509_name(CA_NAME))
         .sign(key, hashes.SHA256())
     )
     path = identity_dir / HUB_CA_CSR
@@ -174,14 +143,14 @@ def sign_hub_ca(
     until = min(now + dt.timedelta(days=days), root.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(CA_NAME))
+        .subject_name(x509_name(CA_NAME))
         .issuer_name(root.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),

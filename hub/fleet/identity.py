@@ -103,8 +103,47 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _name(common_name: str) -> x509.Name:
+def x509_name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def ca_key_usage() -> x509.KeyUsage:
+    """A CA's key usage: it signs certificates and CRLs, nothing else."""
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    valid_days: int,
+    path_length: int,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """A self-signed CA certificate for key (the hub's CA and the offline device root)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509_name(common_name))
+        .issuer_name(x509_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def make_ca(
@@ -113,33 +152,7 @@ def make_ca(
     """A new self-signed CA that may sign certificates and CRLs, nothing else."""
     now = now or _now()
     key = new_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return key, self_signed_ca(key, common_name, valid_days=CA_VALID_DAYS, path_length=0, now=now)
 
 
 def _leaf(
@@ -156,7 +169,7 @@ def _leaf(
     now = now or _now()
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(x509_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
