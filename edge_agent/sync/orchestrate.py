@@ -74,6 +74,22 @@ class DesiredApplier:
         enqueue(self.outbox, Envelope.of(payload, device_id=self.device_id))
         self.nudge()
 
+    def _event(
+        self,
+        model: str,
+        version: str,
+        event: UpdateEvent,
+        current: str | None,
+        *,
+        error: str | None = None,
+    ) -> None:
+        """One install event for model's move from current to version."""
+        self._send(
+            InstallEvent(
+                model=model, version=version, event=event, from_version=current, error=error
+            )
+        )
+
     def __call__(self, state: DesiredState) -> None:
         reports: dict[str, ModelReport] = {}
         for model, release in sorted(state.models.items()):
@@ -87,25 +103,11 @@ class DesiredApplier:
                     update={"pending": release.version, "held": hold[:MAX_ERROR_CHARS]}
                 )
                 continue
-            self._send(
-                InstallEvent(
-                    model=model,
-                    version=release.version,
-                    event=UpdateEvent.START,
-                    from_version=current,
-                )
-            )
+            self._event(model, release.version, UpdateEvent.START, current)
             try:
                 active = self.install(model, release.version)
             except WaitingForWindow as waiting:  # downloaded; not a failure
-                self._send(
-                    InstallEvent(
-                        model=model,
-                        version=release.version,
-                        event=UpdateEvent.DOWNLOADED,
-                        from_version=current,
-                    )
-                )
+                self._event(model, release.version, UpdateEvent.DOWNLOADED, current)
                 reports[model] = self.describe(model).model_copy(
                     update={"pending": release.version, "activates_at": waiting.opens_at}
                 )
@@ -116,14 +118,7 @@ class DesiredApplier:
                 )
                 continue
             except ActivatesElsewhere:
-                self._send(
-                    InstallEvent(
-                        model=model,
-                        version=release.version,
-                        event=UpdateEvent.INSTALLED,
-                        from_version=current,
-                    )
-                )
+                self._event(model, release.version, UpdateEvent.INSTALLED, current)
                 reports[model] = self.describe(model).model_copy(
                     update={"pending": release.version}
                 )
@@ -131,27 +126,12 @@ class DesiredApplier:
             except Exception as exc:  # any failure is reported, never swallowed silently
                 error = str(exc)[:MAX_ERROR_CHARS] or type(exc).__name__
                 log.warning("%s %s: install failed: %s", model, release.version, error)
-                self._send(
-                    InstallEvent(
-                        model=model,
-                        version=release.version,
-                        event=UpdateEvent.FAILED,
-                        from_version=current,
-                        error=error,
-                    )
-                )
+                self._event(model, release.version, UpdateEvent.FAILED, current, error=error)
                 reports[model] = self.describe(model).model_copy(
                     update={"last_result": UpdateResult.FAILED, "last_error": error}
                 )
                 continue
-            self._send(
-                InstallEvent(
-                    model=model,
-                    version=release.version,
-                    event=UpdateEvent.HEALTHY,
-                    from_version=current,
-                )
-            )
+            self._event(model, release.version, UpdateEvent.HEALTHY, current)
             reports[model] = self.describe(model).model_copy(
                 update={"active": active, "last_result": UpdateResult.SUCCEEDED}
             )
