@@ -79,6 +79,20 @@ def enroll(
     answer = _post_csr(hub_url, hub_ca, device_id, ticket.secret, key)
     _check_answer(answer, device_id, ca, key)
     root_to_pin = _root_to_pin(hub_url, hub_ca, answer, trust_dir)
+    return save_enrollment(identity, answer, key, hub_url, hub_ca, root_to_pin, trust_dir)
+
+
+def save_enrollment(
+    identity: Identity,
+    answer: EnrollmentResponse,
+    key: ec.EllipticCurvePrivateKey,
+    hub_url: str,
+    hub_ca: str,
+    root_to_pin: bytes | None,
+    trust_dir: Path,
+) -> Enrollment:
+    """Install a verified answer (online or by stick): the identity folder in one swap,
+    then the hub's root where the device trusted none."""
     enrollment = Enrollment(
         device_id=answer.device_id,
         hub_url=hub_url,

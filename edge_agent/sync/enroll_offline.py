@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
-from edge_agent.atomic import replace_folder, write_atomic
+from edge_agent.atomic import write_atomic
 from edge_agent.protocol import check_name
 from edge_agent.protocol.bundle import (
     ENROLL_DIR,
@@ -32,14 +32,9 @@ from edge_agent.protocol.bundle import (
     enrollment_proof,
     token_sha256,
 )
-from edge_agent.sync.enroll import _check_answer
+from edge_agent.sync.enroll import _check_answer, save_enrollment
 from edge_agent.sync.hubtrust import Ticket, ca_fingerprint
 from edge_agent.sync.identity import (
-    CA_FILE,
-    CERT_FILE,
-    DIRECTOR_KEYS_FILE,
-    ENROLLMENT_FILE,
-    KEY_FILE,
     ROOT_FILE,
     Enrollment,
     EnrollmentFailed,
@@ -122,25 +117,9 @@ def _complete(
     answer = response.answer
     _check_answer(answer, device_id, ca, key)
     root_to_pin = _root_to_pin(response, trust_dir)
-    enrollment = Enrollment(
-        device_id=answer.device_id,
-        hub_url=response.hub_url,
-        broker_url=answer.broker_url,
-        download_token=answer.download_token,
+    enrollment = save_enrollment(
+        identity, answer, key, response.hub_url, answer.ca_pem, root_to_pin, trust_dir
     )
-    replace_folder(
-        identity.folder,
-        {
-            KEY_FILE: (key_pem(key), 0o600),
-            CERT_FILE: (answer.certificate_pem.encode(), 0o644),
-            CA_FILE: (answer.ca_pem.encode(), 0o644),
-            DIRECTOR_KEYS_FILE: (json.dumps(answer.director_keys).encode(), 0o644),
-            ROOT_FILE: (answer.tuf_root.encode(), 0o644),
-            ENROLLMENT_FILE: (enrollment.model_dump_json().encode(), 0o600),
-        },
-    )
-    if root_to_pin is not None:
-        write_atomic(trust_dir / ROOT_FILE, root_to_pin)
     pending.unlink(missing_ok=True)
     return enrollment
 
