@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable, Mapping
+
+from edge_agent.installed.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +52,17 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 2_000_000
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Pings WATCHDOG=1 while `alive()` says the agent still works; a hung agent stops
     pinging and the service manager restarts it."""
 
     def __init__(self, interval: float, alive: Callable[[], bool]) -> None:
-        self._interval = interval
+        super().__init__(interval, "watchdog")
         self._alive = alive
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self._interval + 5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            if self._alive():
-                notify("WATCHDOG=1")
-            else:
-                log.warning("self-check failed: no watchdog ping this time")
+    def _tick(self) -> bool:
+        if self._alive():
+            notify("WATCHDOG=1")
+        else:
+            log.warning("self-check failed: no watchdog ping this time")
+        return True

@@ -16,6 +16,7 @@ from edge_agent.installed.launcher import (
     LauncherError,
     load_state,
 )
+from edge_agent.installed.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +27,22 @@ def launched_slot() -> tuple[Path, str] | None:
     return (Path(root), slot) if root and slot else None
 
 
-class SwitchWatcher:
+class SwitchWatcher(Periodic):
     def __init__(self, root: Path, slot: str, interval: float = 1.0) -> None:
+        super().__init__(interval, "switch-watcher")
         self._root = root
         self._slot = slot
-        self._interval = interval
-        self._stop = threading.Event()
         self.requested = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="switch-watcher", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self._interval + 5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                trial = load_state(self._root).trial
-            except LauncherError as exc:
-                log.warning("%s", exc)
-                continue
-            if trial is not None and trial != self._slot:
-                log.warning("switching to slot %s: draining the API first", trial)
-                self.requested.set()
-                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn drains, then serve returns
-                return
+    def _tick(self) -> bool:
+        try:
+            trial = load_state(self._root).trial
+        except LauncherError as exc:
+            log.warning("%s", exc)
+            return True
+        if trial is not None and trial != self._slot:
+            log.warning("switching to slot %s: draining the API first", trial)
+            self.requested.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn drains, then serve returns
+            return False
+        return True
