@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -46,6 +46,8 @@ ACTIONS: dict[str, Permission] = {
     "abort": Permission.OPERATE,
     "rollback": Permission.OPERATE,
 }
+# The audit page's and its CSV's filter, read from the same five query parameters.
+AuditQuery = Annotated[history.AuditFilter, Depends()]
 
 
 class _Redirect(Exception):
@@ -436,16 +438,8 @@ def create_console(
     # --- audit -----------------------------------------------------------------------
 
     @app.get("/audit", response_class=HTMLResponse)
-    def audit_page(
-        request: Request,
-        actor: str = "",
-        action: str = "",
-        object: str = "",
-        since: str = "",
-        until: str = "",
-    ) -> Response:
+    def audit_page(request: Request, chosen: AuditQuery) -> Response:
         who = viewer(request)
-        chosen = history.AuditFilter(actor, action, object, since, until)
         try:
             rows = history.audit(engine, chosen)
             problem = None
@@ -454,19 +448,10 @@ def create_console(
         return page(request, "audit.html", who, rows=rows, chosen=chosen, problem=problem)
 
     @app.get("/audit.csv")
-    def audit_csv(
-        request: Request,
-        actor: str = "",
-        action: str = "",
-        object: str = "",
-        since: str = "",
-        until: str = "",
-    ) -> Response:
+    def audit_csv(request: Request, chosen: AuditQuery) -> Response:
         viewer(request)
         try:
-            rows = history.audit(
-                engine, history.AuditFilter(actor, action, object, since, until), limit=100_000
-            )
+            rows = history.audit(engine, chosen, limit=100_000)
         except ValueError as exc:
             raise _Refused(400, str(exc)) from None
         out = io.StringIO()
