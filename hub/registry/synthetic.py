@@ -57,9 +57,7 @@ class Recipe:
     quant: QuantOptions = field(default_factory=QuantOptions)
 
     def digest(self) -> str:
-        record = {"format": RECIPE_FORMAT, **asdict(self)}
-        blob = json.dumps(record, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return recipe_digest(RECIPE_FORMAT, self)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -114,26 +112,41 @@ def build(
 ) -> Path:
     """Return the folder of the converted ONNX model, building it unless cached."""
     target = model_dir_for(recipe, cache_dir)
-    if (target / "genai_config.json").is_file():
+    step = on_step or (lambda _msg: None)
+
+    def make(tmp: Path) -> Path:
+        hf_dir = tmp / "hf"
+        step(f"training a {recipe.shape.vocab_size}-token tokenizer")
+        write_tokenizer(recipe, hf_dir)
+        step("initialising random weights")
+        write_random_weights(recipe, hf_dir)
+        step(f"converting to {recipe.quant.precision} ONNX")
+        converted = convert_hf_folder(hf_dir, tmp / "onnx", recipe.quant, on_line=on_line)
+        record = {"recipe": recipe.name, "digest": recipe.digest(), **asdict(recipe)}
+        (converted / "test_model.json").write_text(json.dumps(record, indent=2) + "\n")
+        return converted
+
+    return build_cached(target, "genai_config.json", make)
+
+
+def recipe_digest(recipe_format: int, recipe: Any) -> str:
+    """A recipe's cache key: the hash of its fields and the recipe format."""
+    blob = json.dumps({"format": recipe_format, **asdict(recipe)}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_cached(target: Path, marker: str, make: Callable[[Path], Path]) -> Path:
+    """target, made by make(temporary folder) unless it already holds marker; a lock beside
+    it lets one process build while others wait, and the result appears in one rename."""
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    with lock_path.open("w") as lock:
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same recipe
-        if (target / "genai_config.json").is_file():
+        if (target / marker).is_file():
             return target
-        step = on_step or (lambda _msg: None)
         with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
-            hf_dir = Path(tmp) / "hf"
-            step(f"training a {recipe.shape.vocab_size}-token tokenizer")
-            write_tokenizer(recipe, hf_dir)
-            step("initialising random weights")
-            write_random_weights(recipe, hf_dir)
-            step(f"converting to {recipe.quant.precision} ONNX")
-            converted = convert_hf_folder(hf_dir, Path(tmp) / "onnx", recipe.quant, on_line=on_line)
-            record = {"recipe": recipe.name, "digest": recipe.digest(), **asdict(recipe)}
-            (converted / "test_model.json").write_text(json.dumps(record, indent=2) + "\n")
-            converted.replace(target)
+            make(Path(tmp)).replace(target)
     return target
 
 

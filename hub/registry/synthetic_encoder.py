@@ -8,15 +8,11 @@ Cached by a hash of the recipe, like `synthetic.build`.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from hub.registry.encoder_export import export_encoder
-from hub.registry.synthetic import _corpus, default_cache_dir
+from hub.registry.synthetic import _corpus, build_cached, default_cache_dir, recipe_digest
 
 RECIPE_FORMAT = 1
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -35,8 +31,7 @@ class EncoderRecipe:
     tokenizer_corpus_files: int = 300
 
     def digest(self) -> str:
-        blob = json.dumps({"format": RECIPE_FORMAT, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return recipe_digest(RECIPE_FORMAT, self)
 
 
 ENCODER_RECIPES = {
@@ -102,15 +97,8 @@ def build(recipe: EncoderRecipe | None = None, cache_dir: Path | None = None) ->
     """The converted encoder folder (embeddings.json, int8 ONNX), built unless cached."""
     recipe = recipe or EncoderRecipe()
     target = (cache_dir or default_cache_dir()) / f"{recipe.name}-{recipe.digest()}"
-    if (target / "embeddings.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / f".{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it
-        if (target / "embeddings.json").is_file():
-            return target
-        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
-            hf_dir = build_hf_encoder(recipe, Path(tmp) / "hf")
-            converted = export_encoder(hf_dir, Path(tmp) / "onnx")
-            converted.replace(target)
-    return target
+
+    def make(tmp: Path) -> Path:
+        return export_encoder(build_hf_encoder(recipe, tmp / "hf"), tmp / "onnx")
+
+    return build_cached(target, "embeddings.json", make)
