@@ -54,6 +54,11 @@ def _passphrases(files: list[Path] | None, count: int, what: str) -> list[bytes]
     ]
 
 
+def _passphrase(file: Path | None, what: str) -> bytes:
+    """One passphrase: from the file when one is named, else asked for twice."""
+    return _passphrases([file] if file else None, 1, what)[0]
+
+
 PassFiles = Annotated[
     list[Path] | None,
     typer.Option(
@@ -78,18 +83,14 @@ def init_root(
 ) -> None:
     """Make the fleet's root keys (each encrypted with its own passphrase), the online keys,
     the offline-bundle key and the first root metadata. Run on an offline machine."""
-    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.ceremony import CeremonyError
     from provisioning.ceremony import init_root as make_root
 
     try:
         passes = _passphrases(passphrase_file, root_keys, "root key")
         if len(passes) != root_keys:
             _fail(f"{len(passes)} passphrase files for {root_keys} root keys", 2)
-        bundle = (
-            passphrase_from(bundle_passphrase_file)
-            if bundle_passphrase_file
-            else _passphrases(None, 1, "the offline-bundle key")[0]
-        )
+        bundle = _passphrase(bundle_passphrase_file, "the offline-bundle key")
         result = make_root(ceremony, hub_package, passes, threshold, bundle)
     except CeremonyError as exc:
         _fail(str(exc))
@@ -149,15 +150,11 @@ def ca_init(
     ] = None,
 ) -> None:
     """Make the offline device root CA (once); prints its fingerprint for the hub's operator."""
-    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.ceremony import CeremonyError
     from provisioning.device_ca import init_device_root
 
     try:
-        passphrase = (
-            passphrase_from(passphrase_file)
-            if passphrase_file
-            else _passphrases(None, 1, "the device root CA key")[0]
-        )
+        passphrase = _passphrase(passphrase_file, "the device root CA key")
         fingerprint = init_device_root(ceremony, passphrase)
     except CeremonyError as exc:
         _fail(str(exc))
@@ -194,15 +191,11 @@ def ca_sign(
 ) -> None:
     """Offline: sign the hub's CA as an intermediate of the device root CA."""
     from edge_agent.atomic import write_atomic
-    from provisioning.ceremony import CeremonyError, passphrase_from
+    from provisioning.ceremony import CeremonyError
     from provisioning.device_ca import sign_hub_ca
 
     try:
-        passphrase = (
-            passphrase_from(passphrase_file)
-            if passphrase_file
-            else _passphrases(None, 1, "the device root CA key")[0]
-        )
+        passphrase = _passphrase(passphrase_file, "the device root CA key")
         chain = sign_hub_ca(ceremony, passphrase, request.read_bytes(), days=days)
     except (CeremonyError, OSError) as exc:
         _fail(str(exc))
@@ -282,7 +275,7 @@ def usb_export(
 
     from edge_agent.protocol import METADATA_DIR
     from edge_agent.protocol.bundle import BundleRelease
-    from provisioning.ceremony import CeremonyError, bundle_signer, passphrase_from
+    from provisioning.ceremony import CeremonyError, bundle_signer
     from provisioning.usb_export import ExportError, describe, export_bundle
 
     devices, groups = list(device or []), list(group or [])
@@ -314,11 +307,7 @@ def usb_export(
         _fail(f"{repo}: no release repository here", 2)
     root = Metadata[Root].from_file(str(roots[-1])).signed
     try:
-        passphrase = (
-            passphrase_from(bundle_passphrase_file)
-            if bundle_passphrase_file
-            else _passphrases(None, 1, "the offline-bundle key")[0]
-        )
+        passphrase = _passphrase(bundle_passphrase_file, "the offline-bundle key")
         signer = bundle_signer(bundle_key, passphrase, root)
         with _progress_bars() as progress:
             summary = export_bundle(
