@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import need
 from tests.test_cli import agent
 
 BIN = Path(sys.executable).parent / "edge-agent"
-pytestmark = pytest.mark.skipif(
-    shutil.which("tmux") is None, reason="needs tmux (scripts/setup installs it)"
-)
+
+
+@pytest.fixture(autouse=True)
+def _tmux() -> None:
+    need(shutil.which("tmux") is not None, "needs tmux: apt-get install tmux (scripts/setup does)")
 
 
 class Terminal:

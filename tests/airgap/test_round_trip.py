@@ -21,6 +21,7 @@ import pytest
 
 from edge_agent.sync.outbox import Outbox
 from tests.airgap.conftest import BUNDLE_PASSPHRASE, DEVICE, Site
+from tests.needs import need
 
 BIN = Path(sys.executable).parent
 UNSHARE = shutil.which("unshare")
@@ -33,9 +34,9 @@ def _namespace_works() -> bool:
     return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(
-    not _namespace_works(), reason="unshare -n is not allowed here: no network namespace"
-)
+@pytest.fixture(autouse=True)
+def _network_namespace() -> None:
+    need(_namespace_works(), "needs `unshare -n` (root, network namespaces) to cut the device off")
 
 
 class Air:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_api  # the dev extra installs it
 import pytest
 from sqlalchemy import Engine
 
@@ -17,15 +18,16 @@ from hub.rollouts import store
 from hub.rollouts.spec import RolloutSpec
 from tests.hub_console.conftest import PASSWORD, Console
 from tests.hub_rollouts.conftest import releases
+from tests.needs import need
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screenshots"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed (scripts/setup)"
-)
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    need(shutil.which(CHROMIUM) is not None, "needs Debian's chromium: apt-get install chromium")
 
 
 @pytest.fixture

@@ -12,10 +12,14 @@ from tests.hub_console.full import FullConsole, full_console_fixture  # noqa: F4
 from tests.hub_console.test_browser import CHROMIUM, _check, _login
 from tests.hub_console.test_live_rollout import browser_page_fixture  # noqa: F401 (fixture)
 from tests.hub_telemetry.helpers import busy, store_all
+from tests.needs import need
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/setup)"
-)
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    need(
+        Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium (scripts/setup)"
+    )
 
 
 def test_release_telemetry_and_device_pages(full: FullConsole, browser_page: Any) -> None:

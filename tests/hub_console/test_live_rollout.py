@@ -40,13 +40,18 @@ from tests.conftest import ServerThread
 from tests.hub_console.conftest import PASSWORD
 from tests.hub_console.test_browser import CHROMIUM, SHOTS, _check, playwright_api
 from tests.hub_rollouts.conftest import releases
+from tests.needs import need
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/setup)"
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    need(
+        Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium (scripts/setup)"
+    )
+
+
 DEVICES = 20
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from edge_agent.updates.peer_discovery import Announcement, PeerRecord, discover, peer_url
 from tests.conftest import free_port
+from tests.needs import need
 
 FLEET = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -57,7 +56,7 @@ def _loopback_multicast_works() -> bool:
 
 def test_discovery_on_loopback_finds_this_fleets_peers_only() -> None:
     if not _loopback_multicast_works():
-        pytest.skip("multicast on the loopback interface is not possible here")
+        need(False, "multicast on the loopback interface is not possible here")
     ours, theirs = free_port(), free_port()
     first = Announcement("127.0.0.1", ours, FLEET, interfaces=LOOPBACK)
     second = Announcement("127.0.0.1", theirs, OTHER, interfaces=LOOPBACK)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import need
 from tests.powercut.forgetful_fs import READY
 
 MOUNT_TIMEOUT_S = 10.0
@@ -108,7 +109,7 @@ def forgetful_disk(tmp_path: Path) -> Iterator[Callable[..., ForgetfulDisk]]:
     """Mounts forgetful disks (each in a folder of its own) and unmounts any left over."""
     reason = fuse_missing()
     if reason is not None:
-        pytest.skip(f"power-cut tests need FUSE: {reason}")
+        need(False, f"power-cut tests need FUSE: {reason}")
     disks: list[ForgetfulDisk] = []
 
     def mount(seed: Path | None = None) -> ForgetfulDisk:
