@@ -84,6 +84,7 @@ def test_device_page_shows_certificate_expiry(full: FullConsole) -> None:
     assert cert.expires is not None
     assert cert.expires.strftime("%Y-%m-%d %H:%M") in page
     assert "days left" in page and f"{cert.serial:x}" in page
+    assert "<title>box-03 · edge-hub console</title>" in page  # the title holds the id alone
 
 
 def test_a_device_is_revoked_only_by_an_operator_with_token_confirmation_and_reason(
