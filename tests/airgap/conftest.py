@@ -3,6 +3,8 @@ bundle written by the hub's code, and a device that imports it (no mocks)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,18 @@ from edge_agent.updates.source import pin_root
 from hub.registry.repository import ReleaseRepository
 from provisioning.ceremony import RootResult, bundle_signer, init_root
 from provisioning.usb_export import ExportSummary, export_bundle
+from tests.needs import need
 from tests.updates.conftest import file_hashes
+
+UNSHARE = shutil.which("unshare")
+
+
+@pytest.fixture
+def network_namespace() -> None:
+    """The device's commands run cut off from every network (`unshare -n`)."""
+    works = UNSHARE is not None and subprocess.run([UNSHARE, "-n", "true"]).returncode == 0
+    need(works, "needs `unshare -n` (root, network namespaces) to cut the device off")
+
 
 ROOT_PASSPHRASES = [b"first holder pass", b"second holder pass", b"third holder pass"]
 BUNDLE_PASSPHRASE = b"bundle role pass"

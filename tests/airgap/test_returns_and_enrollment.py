@@ -16,8 +16,8 @@ from edge_agent.protocol.bundle import export_signing_bytes
 from edge_agent.protocol.messages import encode, topic_for
 from edge_agent.sync.identity import make_csr
 from hub.fleet.identity import issue_device_certificate, make_ca
-from tests.airgap.conftest import DEVICE, Site
-from tests.airgap.test_round_trip import BIN, UNSHARE, Air, pytestmark  # noqa: F401 - same skip
+from tests.airgap.conftest import DEVICE, UNSHARE, Site
+from tests.airgap.test_round_trip import BIN, Air, pytestmark  # noqa: F401 - runs in a namespace
 
 
 def enrolled(site: Site) -> tuple[Air, Path]:

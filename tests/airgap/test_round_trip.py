@@ -5,13 +5,12 @@ empties the device's outbox.
 
 Every device command runs in a network namespace of its own (`unshare -n`: only a loopback
 interface, down), checked by reading /proc/self/net/dev inside it. Where unshare is not
-allowed (no root, no user namespaces), the test is skipped and says so.
+allowed (no root, no user namespaces), the test fails and says what it needs.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,23 +19,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.sync.outbox import Outbox
-from tests.airgap.conftest import BUNDLE_PASSPHRASE, DEVICE, Site
-from tests.needs import need
+from tests.airgap.conftest import BUNDLE_PASSPHRASE, DEVICE, UNSHARE, Site
 
 BIN = Path(sys.executable).parent
-UNSHARE = shutil.which("unshare")
-
-
-def _namespace_works() -> bool:
-    if UNSHARE is None:
-        return False
-    probe = subprocess.run([UNSHARE, "-n", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.fixture(autouse=True)
-def _network_namespace() -> None:
-    need(_namespace_works(), "needs `unshare -n` (root, network namespaces) to cut the device off")
+pytestmark = pytest.mark.usefixtures("network_namespace")
 
 
 class Air:

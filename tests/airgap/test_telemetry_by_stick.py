@@ -19,7 +19,7 @@ from edge_agent.sync.outbox import Outbox
 from edge_agent.telemetry import factory
 from tests.airgap.conftest import Site
 from tests.airgap.test_returns_and_enrollment import enrolled
-from tests.airgap.test_round_trip import Air, pytestmark  # noqa: F401 - same skip
+from tests.airgap.test_round_trip import Air, pytestmark  # noqa: F401 - runs in a namespace
 
 WINDOW_SECONDS = 3600
 
