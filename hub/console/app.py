@@ -9,15 +9,17 @@ buttons the page showed).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -31,6 +33,7 @@ from hub.rollouts import actions, audit, status, store
 from hub.rollouts.api import RolloutDesk
 from hub.rollouts.auth import Permission
 from hub.rollouts.machine import IllegalTransition, State, allowed
+from hub.rollouts.models import AuditEntry
 from hub.rollouts.spec import RolloutSpec, field_errors
 
 if TYPE_CHECKING:  # loaded only where a hub passes them
@@ -438,34 +441,48 @@ def create_console(
     # --- audit -----------------------------------------------------------------------
 
     @app.get("/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, chosen: AuditQuery) -> Response:
+    def audit_page(
+        request: Request, chosen: AuditQuery, before: int | None = None, after: int | None = None
+    ) -> Response:
         who = viewer(request)
         try:
-            rows = history.audit(engine, chosen)
+            shown = history.audit_page(engine, chosen, before=before, after=after)
             problem = None
         except ValueError as exc:
-            rows, problem = [], str(exc)
-        return page(request, "audit.html", who, rows=rows, chosen=chosen, problem=problem)
+            shown, problem = history.AuditPage([], None, None), str(exc)
+        return page(
+            request, "audit.html", who, shown=shown, chosen=chosen, problem=problem,
+            filters=urlencode(dataclasses.asdict(chosen)),
+        )  # fmt: skip
 
     @app.get("/audit.csv")
     def audit_csv(request: Request, chosen: AuditQuery) -> Response:
         viewer(request)
         try:
-            rows = history.audit(engine, chosen, limit=100_000)
+            entries = history.audit_export(engine, chosen)
         except ValueError as exc:
             raise _Refused(400, str(exc)) from None
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["at", "actor", "action", "object", "reason", "details"])
-        for e in rows:
-            writer.writerow([e.at.isoformat(), e.actor, e.action, e.object, e.reason, e.details])
-        return Response(
-            out.getvalue(),
+        return StreamingResponse(
+            _csv_lines(entries),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="edge-hub-audit.csv"'},
         )
 
     return app
+
+
+def _csv_lines(entries: Iterator[AuditEntry]) -> Iterator[str]:
+    """The export, a line at a time (a sync iterator: Starlette runs it in a thread)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["at", "actor", "action", "object", "reason", "details"])
+    for e in entries:
+        writer.writerow([e.at.isoformat(), e.actor, e.action, e.object, e.reason, e.details])
+        if out.tell() > 64 * 1024:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
 
 
 def _spec_from_form(form: dict[str, str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ suppressed hour is drawn as a gap and listed as suppressed, never filled in)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,9 +38,23 @@ def _moment(text: str, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def audit(engine: Engine, chosen: AuditFilter, limit: int = 500) -> list[AuditEntry]:
-    """Newest first."""
-    query = select(AuditEntry).order_by(col(AuditEntry.id).desc())
+PAGE_ROWS = 50
+EXPORT_BATCH_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of the filtered log, newest first, and the cursors to its neighbours: the
+    id to page on from (older: ids below `older_than`; newer: ids above `newer_than`), None
+    where there is nothing more that way."""
+
+    rows: list[AuditEntry]
+    older_than: int | None
+    newer_than: int | None
+
+
+def _filtered(chosen: AuditFilter) -> Any:
+    query = select(AuditEntry)
     if chosen.actor:
         query = query.where(col(AuditEntry.actor) == chosen.actor)
     if chosen.action:
@@ -51,8 +66,61 @@ def audit(engine: Engine, chosen: AuditFilter, limit: int = 500) -> list[AuditEn
         query = query.where(col(AuditEntry.at) >= since)
     if until is not None:
         query = query.where(col(AuditEntry.at) < until)
+    return query
+
+
+def audit_page(
+    engine: Engine,
+    chosen: AuditFilter,
+    before: int | None = None,
+    after: int | None = None,
+    rows: int = PAGE_ROWS,
+) -> AuditPage:
+    """The page of entries older than id `before`, or newer than id `after` (the newest
+    page without either). Keyset paging on the primary key: page 1,000 costs what page 1
+    does, and an entry written meanwhile shifts no page. One query: a row past the page
+    says whether there is more that way."""
+    if before is not None and after is not None:
+        raise ValueError("page with before or after, not both")
+    query = _filtered(chosen)
+    if after is not None:
+        query = query.where(col(AuditEntry.id) > after).order_by(col(AuditEntry.id).asc())
+    else:
+        if before is not None:
+            query = query.where(col(AuditEntry.id) < before)
+        query = query.order_by(col(AuditEntry.id).desc())
     with session(engine) as db:
-        return list(db.exec(query.limit(limit)).all())
+        found: list[AuditEntry] = list(db.exec(query.limit(rows + 1)).all())
+    more = len(found) > rows
+    found = found[:rows]
+    if after is not None:
+        found.reverse()  # read oldest first to find the page; shown newest first
+    if not found:
+        return AuditPage([], None, None)
+    first, last = found[0].id, found[-1].id
+    # Older entries exist when this page was cut short going back, or when it came from
+    # `after` (the cursor's own entry is older); newer ones likewise.
+    older = last if (more if after is None else True) else None
+    newer = first if (more if after is not None else before is not None) else None
+    return AuditPage(found, older, newer)
+
+
+def audit_export(engine: Engine, chosen: AuditFilter) -> Iterator[AuditEntry]:
+    """Every entry of the filtered log, newest first, read EXPORT_BATCH_ROWS at a time (on
+    the same keyset as the pages), so an export of the whole log holds one batch in memory
+    and no long-lived transaction. A bad filter raises ValueError here, before any row."""
+    _filtered(chosen)
+
+    def batches() -> Iterator[AuditEntry]:
+        before: int | None = None
+        while True:
+            page = audit_page(engine, chosen, before=before, rows=EXPORT_BATCH_ROWS)
+            yield from page.rows
+            if page.older_than is None:
+                return
+            before = page.older_than
+
+    return batches()
 
 
 def rollout_charts(engine: Engine, shown: dict[str, Any], k: int) -> dict[str, Any]:

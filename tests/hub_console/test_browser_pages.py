@@ -3,23 +3,11 @@ and laptop width) and an axe scan of each, and revoking a release through its fo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.hub_console.conftest import check_page, log_in
 from tests.hub_console.full import FullConsole, full_console_fixture  # noqa: F401 (fixture "full")
-from tests.hub_console.test_browser import CHROMIUM, _check, _login
-from tests.hub_console.test_live_rollout import browser_page_fixture  # noqa: F401 (fixture)
 from tests.hub_telemetry.helpers import busy, store_all
-from tests.needs import need
-
-
-@pytest.fixture(autouse=True)
-def _chromium() -> None:
-    need(
-        Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium (scripts/setup)"
-    )
 
 
 def test_release_telemetry_and_device_pages(full: FullConsole, browser_page: Any) -> None:
@@ -27,20 +15,20 @@ def test_release_telemetry_and_device_pages(full: FullConsole, browser_page: Any
     # A day of hourly telemetry: 6 devices on 1.0.0 (shown), 3 on 2.0.0 (suppressed).
     store_all(full.engine, [busy(d, hour=h) for h in range(24) for d in range(6)])
     store_all(full.engine, [busy(d, hour=h, version="2.0.0") for h in range(24) for d in range(3)])
-    _login(page, full.url, "olga")
+    log_in(page, full.url, "olga")
     page.goto(full.url + "/console/releases")
-    _check(page, "releases")
+    check_page(page, "releases")
     page.get_by_role("link", name="2.0.0").click()
     assert "Shared with the previous release" in page.content()
-    _check(page, "release")
+    check_page(page, "release")
     page.goto(full.url + "/console/telemetry?model=chat&days=7")
     assert page.locator(".chart .uplot").count() == 3
     assert page.locator("tr.suppressed").count() > 0
-    _check(page, "telemetry")
+    check_page(page, "telemetry")
     page.goto(full.url + "/console/devices/box-03")
     assert page.locator("#certificates tbody tr").count() == 1
     page.get_by_text("Revoke…").click()
-    _check(page, "device-revoke")
+    check_page(page, "device-revoke")
     page.goto(full.url + "/console/releases/chat/2.0.0")
     page.get_by_text("Revoke…").click()
     page.get_by_label("Reason (kept in the audit log)").fill("tokenizer regression")
@@ -51,4 +39,4 @@ def test_release_telemetry_and_device_pages(full: FullConsole, browser_page: Any
     page.set_viewport_size({"width": 1440, "height": 900})
     page.goto(full.url + "/console/audit")
     assert "tokenizer regression" in page.content()
-    _check(page, "audit-revoked-release")
+    check_page(page, "audit-revoked-release")

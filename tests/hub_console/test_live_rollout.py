@@ -37,19 +37,10 @@ from hub.simulate import Behaviour, DeviceProfile, SimulatedFleet
 from hub.simulate.harness import SimulationHub
 from hub.telemetry.models import TELEMETRY
 from tests.conftest import ServerThread
-from tests.hub_console.conftest import PASSWORD
-from tests.hub_console.test_browser import CHROMIUM, SHOTS, _check, playwright_api
+from tests.hub_console.conftest import PASSWORD, check_page, log_in, pause_in_page
 from tests.hub_rollouts.conftest import releases
-from tests.needs import need
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _chromium() -> None:
-    need(
-        Path(CHROMIUM).exists(), "needs Debian's chromium: apt-get install chromium (scripts/setup)"
-    )
 
 
 DEVICES = 20
@@ -127,38 +118,6 @@ def live_hub(folder: Path, profile: DeviceProfile | None = None) -> Iterator[Liv
             assert stepping.failures == []
 
 
-@pytest.fixture(name="browser_page")
-def browser_page_fixture() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = browser.new_context(
-            viewport={"width": 1024, "height": 900}, timezone_id="Europe/Berlin"
-        )
-        opened = context.new_page()
-        errors: list[str] = []
-        opened.on(
-            "console",
-            lambda m: (
-                errors.append(m.text)
-                if m.type == "error" and not m.text.startswith("Failed to load resource")
-                else None
-            ),
-        )
-        yield opened
-        assert errors == [], f"the pages broke their CSP or scripts: {errors}"
-        context.close()
-        browser.close()
-
-
-def _login(page: Any, url: str) -> None:
-    page.goto(url + "/console/login")
-    page.get_by_label("User name").fill("olga")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(url + "/console/")
-
-
 def _create(page: Any, url: str, waves: str, kind: str, soak: str, gate: str = "") -> int:
     page.goto(url + "/console/rollouts/new")
     page.get_by_label("Model").fill("chat")
@@ -195,31 +154,26 @@ def test_operator_runs_a_rollout_wave_by_wave_from_the_browser(
 ) -> None:
     page = browser_page
     with live_hub(tmp_path / "hub") as live:
-        _login(page, live.url)
+        log_in(page, live.url)
         assert f"{DEVICES} device(s)" in page.content()
-        _check(page, "live-fleet")
+        check_page(page, "live-fleet")
         rollout = _create(page, live.url, "10,50,100", "percent", soak="4")
         seen: list[Any] = []
         # Wave 1 (2 devices) installs; the soak holds wave 2 closed meanwhile.
         _watch(page, lambda: _progress(page)[0] == (2, 2), seen)
-        _check(page, "live-rollout-wave-1")
-        page.get_by_text("Pause…").click()
-        page.get_by_label("Reason (kept in the audit log)").first.fill("checking the lab first")
-        page.get_by_label(f"I confirm: pause rollout {rollout}").check()
-        page.get_by_role("button", name="Pause rollout").click()
-        assert page.locator("#rollout-state").inner_text() == "paused"
-        assert "checking the lab first" in page.locator("#waiting-for").inner_text()
+        check_page(page, "live-rollout-wave-1")
+        pause_in_page(page, rollout, "checking the lab first")
         time.sleep(5)  # longer than the soak: a paused rollout opens nothing
         page.reload()
         assert (
             _progress(page)[1][0] == 0 and page.locator("#rollout-state").inner_text() == "paused"
         )
-        _check(page, "live-rollout-paused")
+        check_page(page, "live-rollout-paused")
         page.get_by_text("Resume…").click()
         page.get_by_label(f"I confirm: resume rollout {rollout}").check()
         page.get_by_role("button", name="Resume rollout").click()
         _watch(page, lambda: page.locator("#rollout-state").inner_text() == "completed", seen, 90)
-        _check(page, "live-rollout-completed")
+        check_page(page, "live-rollout-completed")
         # Wave by wave: each wave filled while the next was still empty.
         progress = [p for _s, p in seen]
         for wave in range(2):
@@ -228,10 +182,10 @@ def test_operator_runs_a_rollout_wave_by_wave_from_the_browser(
         assert set(live.fleet.active_versions("chat").values()) == {"2.0.0"}
         page.goto(live.url + "/console/audit")
         assert "checking the lab first" in page.content()
-        _check(page, "live-audit")
+        check_page(page, "live-audit")
         page.set_viewport_size({"width": 1440, "height": 900})
         page.goto(f"{live.url}/console/rollouts/{rollout}")
-        _check(page, "live-rollout-laptop")
+        check_page(page, "live-rollout-laptop")
 
 
 def _stored(live: LiveHub) -> int:
@@ -244,7 +198,7 @@ def test_a_tripped_health_gate_is_shown_with_its_reason(tmp_path: Path, browser_
     doubled = DeviceProfile(Behaviour(error_rate=0.1)).with_version("2.0.0", error_rate=0.2)
     with live_hub(tmp_path / "hub", doubled) as live:
         live.clock.offset = timedelta(hours=-1)  # the wave opened an hour ago
-        _login(page, live.url)
+        log_in(page, live.url)
         rollout = _create(page, live.url, "10,10", "counts", soak="7200", gate="0.05")
         seen: list[Any] = []
         _watch(page, lambda: _progress(page)[0] == (10, 10), seen)
@@ -261,7 +215,7 @@ def test_a_tripped_health_gate_is_shown_with_its_reason(tmp_path: Path, browser_
         assert store.get(live.hub.engine, rollout).wave == 0  # wave 2 never opened
         page.reload()
         assert page.locator(".chart .uplot").count() == 2  # new against old, drawn
-        _check(page, "live-rollout-gate-failed")
+        check_page(page, "live-rollout-gate-failed")
         page.goto(live.url + "/console/telemetry")
         assert page.locator("#releases-health tbody tr").count() == 2
-        _check(page, "live-telemetry")
+        check_page(page, "live-telemetry")

@@ -13,23 +13,7 @@ from hub.console import accounts
 from hub.console.models import ConsoleUser
 from hub.db import session
 from hub.rollouts import audit, store
-from hub.rollouts.spec import RolloutSpec
-from tests.hub_console.conftest import PASSWORD, Console
-from tests.hub_rollouts.conftest import releases
-
-
-def _rollout(engine: Engine) -> int:
-    spec = RolloutSpec.model_validate(
-        {
-            "model": "chat",
-            "version": "2.0.0",
-            "target": {"group": "shop"},
-            "wave_percent": [50, 100],
-        }
-    )
-    created = store.create(engine, spec, "olga", releases)
-    assert created.id is not None
-    return created.id
+from tests.hub_console.conftest import PASSWORD, Console, make_rollout
 
 
 def _state(engine: Engine, rollout_id: int) -> str:
@@ -66,7 +50,7 @@ def test_session_cookie_is_secure_httponly_strict(console: Console) -> None:
 
 
 def test_posts_without_the_csrf_token_are_refused(console: Console) -> None:
-    rollout = _rollout(console.engine)
+    rollout = make_rollout(console.engine)
     olga = console.browser("olga")
     before = _actions(console.engine)
     missing = olga.post(f"/console/rollouts/{rollout}/pause", PAUSE, csrf=False)
@@ -84,7 +68,7 @@ def test_posts_without_the_csrf_token_are_refused(console: Console) -> None:
 
 
 def test_a_cross_site_post_is_refused_even_with_the_token(console: Console) -> None:
-    rollout = _rollout(console.engine)
+    rollout = make_rollout(console.engine)
     olga = console.browser("olga")
     olga.get(f"/console/rollouts/{rollout}")
     forged = olga.client.post(
@@ -101,7 +85,7 @@ def test_a_cross_site_post_is_refused_even_with_the_token(console: Console) -> N
 
 
 def test_a_viewer_sees_no_actions_and_its_forged_posts_are_refused(console: Console) -> None:
-    rollout = _rollout(console.engine)
+    rollout = make_rollout(console.engine)
     vera = console.browser("vera")
     page = vera.get(f"/console/rollouts/{rollout}")
     assert page.status_code == 200 and "Rollout " in page.text
@@ -126,7 +110,7 @@ def test_logout_ends_the_session_on_the_server(console: Console) -> None:
     assert out.status_code == 303
     olga.cookie = stolen  # the old cookie, replayed
     assert olga.get("/console/").status_code == 303
-    rollout = _rollout(console.engine)
+    rollout = make_rollout(console.engine)
     assert olga.post(f"/console/rollouts/{rollout}/pause", PAUSE).status_code == 401
     assert _state(console.engine, rollout) == "created"
 
