@@ -248,14 +248,26 @@ def model_import(
     accuracy_level: Annotated[
         int | None, typer.Option(help="int4 MatMul accuracy level (default 4: int8)")
     ] = None,
+    adapter_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="build a base that accepts LoRA adapters on these projections, e.g. "
+            "q_proj,k_proj,v_proj,o_proj"
+        ),
+    ] = None,
 ) -> None:
     """Convert (if needed), smoke-test, chunk and sign a model release."""
     from edge_agent import logs
     from hub.registry.convert import ConversionError, QuantOptions
     from hub.registry.errors import RegistryError
     from hub.registry.importer import import_release
+    from hub.registry.lora_base import parse_targets
     from hub.registry.smoke import SmokeResult
 
+    try:
+        targets = parse_targets(adapter_targets) if adapter_targets is not None else ()
+    except RegistryError as exc:
+        fail(str(exc))
     options = None  # none given: the builder's settings chosen by bench/quantization.py
     if any(v is not None for v in (precision, execution_provider, block_size, accuracy_level)):
         default = QuantOptions()
@@ -295,11 +307,44 @@ def model_import(
                 on_stage=on_stage,
                 on_line=on_line,
                 on_smoke=on_smoke,
+                adapter_targets=targets,
             )
         except (RegistryError, ConversionError) as exc:
             fail(str(exc))
     typer.echo(
         f"published {manifest.model} {manifest.version}: {len(manifest.files)} files, "
+        f"{_size(manifest.total_bytes)}, {len(manifest.unique_chunks())} chunks"
+    )
+
+
+@model_app.command("import-adapter")
+def model_import_adapter(
+    peft_dir: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder")],
+    base: Annotated[str, typer.Option("--base", help="its base release, NAME@VERSION")],
+    name: Annotated[str, typer.Option("--name", help="adapter name, e.g. contracts-fr")],
+    version: Annotated[str, typer.Option("--version", help="release version, e.g. 1.0.0")],
+    repo: RepoOption = None,
+    keys: KeysOption = None,
+) -> None:
+    """Convert a LoRA adapter for its base, smoke-test it on the base, sign a release."""
+    from edge_agent import logs
+    from hub.registry.adapter_import import import_adapter
+    from hub.registry.errors import RegistryError
+
+    repository = _open(repo, keys)
+    console = logs.console()
+    with console.status("starting") as status:
+
+        def on_stage(text: str) -> None:
+            console.log(text)
+            status.update(text)
+
+        try:
+            manifest = import_adapter(repository, peft_dir, base, name, version, on_stage=on_stage)
+        except RegistryError as exc:
+            fail(str(exc))
+    typer.echo(
+        f"published adapter {manifest.model} {manifest.version} for {base}: "
         f"{_size(manifest.total_bytes)}, {len(manifest.unique_chunks())} chunks"
     )
 

@@ -16,13 +16,33 @@ from edge_agent.api import create_app
 from edge_agent.config import ApiConfig
 from edge_agent.runtime import Finished, RuntimeSettings, SchedulerLimits, Submission
 from edge_agent.runtime.service import ModelService
-from hub.registry import synthetic
+from hub.registry import synthetic, synthetic_adapter
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random-weight model, built once and cached across runs."""
     return synthetic.build(synthetic.RECIPES["tiny"])
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_base_dir() -> Path:
+    """The tiny model built to accept LoRA adapters on its attention projections."""
+    return synthetic_adapter.build_base(
+        synthetic_adapter.AdapterBaseRecipe(model=synthetic.RECIPES["tiny"])
+    )
+
+
+@pytest.fixture(scope="session")
+def peft_adapters() -> dict[str, Path]:
+    """Two random-weight PEFT LoRA adapters on the tiny model's shape, by name."""
+    tiny = synthetic.RECIPES["tiny"]
+    return {
+        name: synthetic_adapter.build_adapter(
+            synthetic_adapter.AdapterRecipe(model=tiny, seed=seed)
+        )
+        for name, seed in (("contracts-fr", 1), ("triage-en", 2))
+    }
 
 
 def free_port() -> int:

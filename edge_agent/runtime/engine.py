@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.runtime._og import og
+from edge_agent.runtime.adapters import LoadedAdapters
 from edge_agent.runtime.errors import InvalidRequest, ModelLoadError
 from edge_agent.runtime.machine import usable_cores
 from edge_agent.runtime.model_folder import ModelFolder, inspect_model_folder
@@ -77,6 +78,7 @@ class LoadedModel:
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.supports_guidance = self._probe_guidance()
         self.renders_tools = self._probe_tools()
+        self.adapters = LoadedAdapters(model)
 
     @property
     def context_length(self) -> int:
@@ -169,6 +171,8 @@ class LoadedModel:
         if params.lark_grammar is not None:
             gen_params.set_guidance("lark_grammar", params.lark_grammar)
         generator = og.Generator(self.model, gen_params)
+        if params.adapter is not None:
+            self.adapters.activate(generator, params.adapter)
         if len(prompts) == 1:
             generator.append_tokens(np.asarray(prompts[0], dtype=np.int32))
         else:

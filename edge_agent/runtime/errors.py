@@ -3,6 +3,7 @@
 AgentRuntimeError (base)
 ├── ModelFolderError      the model folder is missing files or has a malformed config
 ├── ModelLoadError        onnxruntime-genai could not load a folder that looked valid
+│   └── AdapterBaseUnavailable  a LoRA adapter's base is not installed, or another version
 ├── InvalidRequest        the caller asked for something wrong (names the parameter)
 │   └── ContextLengthExceeded
 ├── Overloaded            the queue is full: retry later
@@ -26,6 +27,10 @@ class ModelFolderError(AgentRuntimeError):
 
 
 class ModelLoadError(AgentRuntimeError):
+    pass
+
+
+class AdapterBaseUnavailable(ModelLoadError):
     pass
 
 

@@ -26,6 +26,7 @@ class SamplingParams:
     lark_grammar: str | None = None  # llguidance's Lark dialect: tool calls
     ignore_eos: bool = False  # generate exactly max_tokens: for benchmarks
     logprobs: int | None = None  # None: off; else how many alternatives per token (0-20)
+    adapter: str | None = None  # the LoRA adapter active on the base (runtime.adapters)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -66,9 +67,11 @@ class SamplingParams:
         """
         if self.seed is not None or self.guided:
             return None
+        # One generator has one active adapter: the adapter is part of every key, so
+        # neither a batch nor a kept prompt is ever shared across adapters.
         if self.greedy:
-            return ("greedy", self.ignore_eos)
-        return ("sample", self.ignore_eos, self.temperature, self.top_p, self.top_k)
+            return ("greedy", self.ignore_eos, self.adapter)
+        return ("sample", self.ignore_eos, self.adapter, self.temperature, self.top_p, self.top_k)
 
     def reuse_key(self) -> BatchKey | None:
         """Requests with equal keys may continue one kept generator (the prompt cache);
@@ -80,4 +83,4 @@ class SamplingParams:
         """
         if self.guided or (self.seed is not None and not self.greedy):
             return None
-        return self.batch_key() if self.seed is None else ("greedy", self.ignore_eos)
+        return self.batch_key() if self.seed is None else ("greedy", self.ignore_eos, self.adapter)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hub.registry.hf_folder import hf_folder_problem
+from hub.registry.lora_base import builder_options as lora_builder_options
+from hub.registry.lora_base import expose_lora_inputs, write_zero_adapter
 
 
 class ConversionError(RuntimeError):
@@ -63,8 +65,11 @@ def convert_hf_folder(
     options: QuantOptions,
     *,
     on_line: Callable[[str], None] | None = None,
+    adapter_targets: tuple[str, ...] = (),
 ) -> Path:
     """Convert `hf_dir` into `out_dir`, which must not exist yet; returns `out_dir`.
+    `adapter_targets` (PEFT module names): build a base that accepts LoRA adapters at run
+    time on those projections (hub.registry.lora_base).
 
     The output is written into a temporary sibling and renamed into place, so a crash or
     a failed conversion never leaves a half-written model folder behind.
@@ -77,6 +82,10 @@ def convert_hf_folder(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     cache = staging / "_builder_cache"
+    lora_options: list[str] = []
+    if adapter_targets:
+        template = write_zero_adapter(hf_dir, staging / "_lora_template", adapter_targets)
+        lora_options = lora_builder_options(hf_dir, template, adapter_targets)
     cmd = [
         sys.executable,
         "-m",
@@ -93,6 +102,7 @@ def convert_hf_folder(
         str(cache),
         "--extra_options",
         *options.builder_options(),
+        *lora_options,
     ]
     # The builder stamps the graph with `git rev-parse HEAD` run beside its own files; in a
     # virtual environment inside a checkout that is the checkout's commit, which would make
@@ -119,6 +129,8 @@ def convert_hf_folder(
             raise ConversionError(
                 f"model builder exited with status {rc} converting {hf_dir}:\n" + "\n".join(tail)
             )
+        if adapter_targets:
+            expose_lora_inputs(staging / "model")
         staging.joinpath("model").rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -65,11 +65,18 @@ def import_release(
     on_stage: Callable[[str], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     on_smoke: Callable[[SmokeResult], None] | None = None,
+    adapter_targets: tuple[str, ...] = (),
 ) -> ReleaseManifest:
-    """Convert (when needed), smoke-test and publish; `options` only for HF sources."""
+    """Convert (when needed), smoke-test and publish; `options` and `adapter_targets` (a
+    base that accepts LoRA adapters on those projections) only for HF sources."""
     stage = on_stage or (lambda _text: None)
     source = source.expanduser()
     kind = source_kind(source)
+    if kind is not SourceKind.HUGGING_FACE and adapter_targets:
+        raise ReleaseRefused(
+            f"{source}: --adapter-targets applies when converting a Hugging Face folder; "
+            "this one is not converted here"
+        )
     if kind in (SourceKind.ENCODER, SourceKind.EMBEDDINGS):
         if options is not None:
             raise ReleaseRefused(
@@ -90,8 +97,12 @@ def import_release(
     try:
         if kind is SourceKind.HUGGING_FACE:
             stage(f"converting {source} to {options.precision} ONNX")
-            model_dir = convert_hf_folder(source, staging / "model", options, on_line=on_line)
+            model_dir = convert_hf_folder(
+                source, staging / "model", options, on_line=on_line, adapter_targets=adapter_targets
+            )
             quantization: dict[str, Any] = options.as_record()
+            if adapter_targets:
+                quantization["adapter_targets"] = list(adapter_targets)
             providers: tuple[str, ...] = (options.execution_provider,)
         else:
             model_dir = source

@@ -197,11 +197,13 @@ class ReleaseRepository:
         quantization: dict[str, Any] | None = None,
         requirements: Requirements | None = None,
         kind: str = "model",
+        base: str | None = None,
     ) -> ReleaseManifest:
         """Chunk and sign a model folder as release `model` `version`.
 
         `kind="agent"`: the folder is the agent's offline installer (firmware-images/), not
-        a model; the manifest says so in a `kind` field, so no device takes it for a model."""
+        a model; the manifest says so in a `kind` field, so no device takes it for a model.
+        `base` (NAME@VERSION): the model a LoRA adapter release runs on."""
         with self._locked():
             target = self._check_new_release(model, version)
             self._require_online_keys()
@@ -215,6 +217,8 @@ class ReleaseRepository:
             }
             if kind != "model":  # model manifests stay byte for byte what they were
                 fields["kind"] = kind
+            if base is not None:
+                fields["base"] = base
             _check_describable(model_dir, fields, files)  # before a chunk is written
             stats = StoreStats()
             entries = tuple(store_file(self.root, rel, path, stats) for rel, path in files)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hub.registry.errors import SmokeTestFailed
+
+if TYPE_CHECKING:
+    from edge_agent.runtime.adapters import AdapterRef
 
 SMOKE_PROMPT = "Hello! Please introduce yourself."
 SMOKE_MAX_TOKENS = 8
@@ -20,8 +24,11 @@ class SmokeResult:
     generate_seconds: float
 
 
-def smoke_generate(model_dir: Path, *, max_tokens: int = SMOKE_MAX_TOKENS) -> SmokeResult:
-    """Load `model_dir` with the agent's own runtime and generate greedily."""
+def smoke_generate(
+    model_dir: Path, *, max_tokens: int = SMOKE_MAX_TOKENS, adapter: AdapterRef | None = None
+) -> SmokeResult:
+    """Load `model_dir` with the agent's own runtime and generate greedily (with `adapter`
+    active on it when given)."""
     # The runtime pulls in onnxruntime-genai: imported here so the CLI starts fast.
     from edge_agent.runtime import (
         ChatMessage,
@@ -41,11 +48,19 @@ def smoke_generate(model_dir: Path, *, max_tokens: int = SMOKE_MAX_TOKENS) -> Sm
         raise SmokeTestFailed(f"{model_dir}: the model does not load: {service.error}")
     try:
         model = service.model
+        if adapter is not None:
+            model.adapters.ensure(adapter)
         started = time.perf_counter()
         prompt = model.chat_prompt([ChatMessage("user", SMOKE_PROMPT)])
         sink = QueueSink()
         service.submit(
-            model.encode(prompt), SamplingParams(max_tokens=max_tokens, temperature=0.0), sink
+            model.encode(prompt),
+            SamplingParams(
+                max_tokens=max_tokens,
+                temperature=0.0,
+                adapter=adapter.name if adapter is not None else None,
+            ),
+            sink,
         )
         events = list(sink)
         seconds = time.perf_counter() - started

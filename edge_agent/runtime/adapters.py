@@ -1,0 +1,106 @@
+"""LoRA adapters served on a loaded base model: onnxruntime-genai's `og.Adapters`.
+
+A base built to accept adapters (the hub's `--adapter-targets`) has its LoRA weights as
+graph inputs whose defaults are zero, so with no adapter active it answers as the plain
+base. An adapter release is one `.onnx_adapter` file that overrides those inputs, and an
+`adapter.json` that names the base it was made for. The base loads once; each request
+activates its adapter on its own generator, so adapters of one base run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.runtime._og import og
+from edge_agent.runtime.errors import ModelFolderError
+
+ADAPTER_CONFIG = "adapter.json"  # in an adapter release: its base and its file
+ADAPTER_FILE = "adapter.onnx_adapter"
+# In a base built for adapters: the LoRA inputs the graph takes, name -> [rows, columns]
+# with the rank as 0 (any rank fits).
+LORA_INPUTS = "lora_inputs.json"
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """An installed adapter: its name, file and the base (name, version) it fits."""
+
+    name: str
+    folder: Path
+    base_name: str
+    base_version: str
+
+    @property
+    def file(self) -> Path:
+        return self.folder / ADAPTER_FILE
+
+    @property
+    def base(self) -> str:
+        return f"{self.base_name}@{self.base_version}"
+
+    def file_bytes(self) -> int:
+        return self.file.stat().st_size
+
+
+def parse_base(text: str) -> tuple[str, str]:
+    """'name@version' -> (name, version); ValueError says what the form is."""
+    name, at, version = text.partition("@")
+    if not at or not name or not version:
+        raise ValueError(f"base '{text}' must be NAME@VERSION, for example tiny@1.0.0")
+    return name, version
+
+
+def read_adapter(name: str, folder: Path) -> AdapterRef:
+    config_path = folder / ADAPTER_CONFIG
+    try:
+        record = json.loads(config_path.read_text(encoding="utf-8"))
+        base_name, base_version = parse_base(str(record["base"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFolderError(config_path, f"not a readable adapter description: {exc}") from exc
+    if not (folder / ADAPTER_FILE).is_file():
+        raise ModelFolderError(folder / ADAPTER_FILE, "missing: the adapter has no weights")
+    return AdapterRef(name, folder, base_name, base_version)
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def accepts_adapters(model_folder: Path) -> bool:
+    return (model_folder / LORA_INPUTS).is_file()
+
+
+class LoadedAdapters:
+    """The adapters loaded into one base model, each once, by name."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._adapters: Any = None
+        self._bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def ensure(self, ref: AdapterRef) -> bool:
+        """Load `ref` unless it already is; True when this call loaded it."""
+        with self._lock:
+            if ref.name in self._bytes:
+                return False
+            if self._adapters is None:
+                self._adapters = og.Adapters(self._model)
+            self._adapters.load(str(ref.file), ref.name)
+            self._bytes[ref.name] = ref.file_bytes()
+            return True
+
+    def activate(self, generator: Any, name: str) -> None:
+        """Make `name` the adapter of `generator`: before its prompt is appended."""
+        if name not in self._bytes:
+            raise KeyError(f"adapter {name} is not loaded on this base")
+        generator.set_active_adapter(self._adapters, name)
+
+    def loaded(self) -> dict[str, int]:
+        """Name -> bytes of each loaded adapter."""
+        with self._lock:
+            return dict(self._bytes)
