@@ -24,10 +24,18 @@ per vocabulary entry, taken before the engine's sampling changes it in place), a
 request takes its first token from that row (argmax, as the engine's greedy search; the
 end-of-sequence ids masked when the request forbids them, as the engine's `min_length`).
 Sampled requests still recompute: their first token must come from the engine's sampler.
+
+Guided requests (`response_format`, `tools`): the grammar is part of the generator's
+parameters, so a guided request can only continue a generator built with the same grammar
+(an agent's tool loop sends the same tools every turn). `rewind_to` restarts the grammar:
+after a rewind a kept guided generator decodes exactly as a fresh one (checked by a test).
+Their first token always comes from the engine, which applies the grammar's mask; the
+kept logits row is the unmasked one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,7 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.runtime.sampling import BatchKey
+from edge_agent.runtime.sampling import BatchKey, SamplingParams
 
 # A shorter common prefix (a chat template's opening tokens) is not worth giving up a
 # place in a batch for: the request is decoded batched, from scratch, instead.
@@ -65,12 +73,11 @@ class CachedGenerator:
 class Hit:
     entry: CachedGenerator
     reused: int  # leading prompt tokens whose KV cache is already computed
-
-    @property
-    def exact(self) -> bool:
-        """The whole prompt is cached and its logits kept: no model step before the
-        first token."""
-        return self.entry.logits is not None and self.reused == self.entry.logits_at
+    # The whole prompt is cached and the entry kept its logits: no model step before the
+    # first token. Only when the prompt is exactly the one whose logits were kept: a
+    # longer prompt that merely shares them as a prefix (a chat's next turn after an
+    # empty answer) must still have its own tokens appended.
+    exact: bool = False
 
 
 class PromptCache:
@@ -115,7 +122,7 @@ class PromptCache:
             return None
         wanted = np.asarray(prompt, dtype=np.int32)
         with self._lock:
-            best: tuple[int, int] | None = None
+            best: tuple[int, int, bool] | None = None
             for ident, entry in self._entries.items():
                 if entry.key != key or entry.max_length < needed_length:
                     continue
@@ -127,12 +134,12 @@ class PromptCache:
                 )
                 reused = len(prompt) if exact else min(common, len(prompt) - 1)
                 if reused >= MIN_REUSED_TOKENS and (best is None or reused > best[1]):
-                    best = (ident, reused)
+                    best = (ident, reused, exact)
             if best is None:
                 return None
             entry = self._entries.pop(best[0])
             self._bytes -= entry.nbytes
-        return Hit(entry, best[1])
+        return Hit(entry, best[1], best[2])
 
     def put(self, entry: CachedGenerator) -> None:
         """Keep `entry` as the most recent; evict the least recent beyond the budget."""
@@ -149,6 +156,20 @@ class PromptCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def cache_key(params: SamplingParams) -> BatchKey | None:
+    """Requests with equal keys may continue one kept generator; None: never kept.
+
+    The sampling's own reuse key, plus the grammar for a guided request: a generator
+    keeps the grammar it was built with.
+    """
+    if not params.guided:
+        return params.reuse_key()
+    plain = dataclasses.replace(params, json_schema=None, lark_grammar=None).reuse_key()
+    if plain is None:
+        return None
+    return (*plain, "guided", params.json_schema, params.lark_grammar)
 
 
 def _common_prefix(a: Tokens, b: Tokens) -> int:

@@ -31,6 +31,7 @@ from edge_agent.runtime.prompt_cache import (
     CachedGenerator,
     Logits,
     PromptCache,
+    cache_key,
     greedy_first_token,
     logits_row,
 )
@@ -285,13 +286,14 @@ class Scheduler:
 
     def _start_from_cache(self, sub: Submission) -> bool:
         """Start `sub` on a kept generator sharing its prefix; False: start it afresh."""
-        key = sub.params.reuse_key()
+        key = cache_key(sub.params)
         if key is None or not self.prompt_cache.enabled:
             return False
         sub.cache_lookup = True
         # Only greedy decoding's first token can be taken from kept logits bit-identically;
-        # logprobs are read from the engine's own step.
-        exact_ok = sub.params.greedy and sub.params.logprobs is None
+        # logprobs are read from the engine's own step, a grammar masks the engine's row.
+        params = sub.params
+        exact_ok = params.greedy and params.logprobs is None and not params.guided
         hit = self.prompt_cache.take(
             sub.prompt_ids, key, len(sub.prompt_ids) + sub.max_tokens, exact_ok=exact_ok
         )
@@ -321,7 +323,7 @@ class Scheduler:
         seqs = [_Sequence(sub, self.model.decoder_stream()) for sub in subs]
         width = max(len(s.prompt_ids) for s in subs)
         max_length = width + max(s.max_tokens for s in subs)
-        key = subs[0].params.reuse_key()
+        key = cache_key(subs[0].params)
         keep = None
         if len(subs) == 1 and key is not None and self.prompt_cache.enabled:
             max_length = min(self.model.context_length, max_length + CACHE_HEADROOM_TOKENS)

@@ -316,3 +316,42 @@ def test_a_version_switch_empties_the_old_versions_cache(
     _, done = run(services["tiny"], ids, GREEDY)
     assert done.cache_lookup and done.cached_tokens == 0
     services["tiny"].stop()
+
+
+def test_a_prompt_that_extends_the_kept_one_is_read_to_its_end(
+    cached: ModelService, uncached: ModelService
+) -> None:
+    """The kept generator holds exactly the previous prompt (a one-token answer is never
+    fed back): a longer prompt shares all of it, yet its own tokens must still be read,
+    not answered from the previous prompt's kept logits."""
+    model, scheduler = cached.require()
+    ids = model.encode(DOCUMENT + " extended")
+    run(cached, ids, SamplingParams(temperature=0.0, max_tokens=1))
+    longer = ids + model.encode(" and a follow-up question about it")
+    got, done = run(cached, longer, GREEDY)
+    want, _ = run(uncached, longer, GREEDY)
+    assert got == want and done.cached_tokens == len(ids)
+    kept = scheduler.prompt_cache.newest()
+    assert kept is not None and kept.tokens.tolist()[: len(longer)] == longer
+
+
+CHOICE = 'start: "alpha beta" | "gamma delta gamma" | "print(x)"'
+
+
+def test_a_guided_request_continues_a_generator_built_with_its_grammar(
+    cached: ModelService, uncached: ModelService
+) -> None:
+    """The grammar restarts on rewind: a kept guided generator answers a new prompt (and
+    the same one again) exactly as a fresh one; another grammar never shares it."""
+    model, _ = cached.require()
+    doc = model.encode(DOCUMENT + " guided")
+    guided = SamplingParams(temperature=0.0, max_tokens=12, lark_grammar=CHOICE)
+    for question in (" first?", " second?", " second?"):
+        ids = doc + model.encode(question)
+        got, done = run(cached, ids, guided)
+        want, _ = run(uncached, ids, guided)
+        assert got == want and got in ("alpha beta", "gamma delta gamma", "print(x)")
+    assert done.cached_tokens == len(ids) - 1  # the last token is recomputed: masked logits
+    schema = SamplingParams(temperature=0.0, max_tokens=12, json_schema='{"type": "integer"}')
+    _, other = run(cached, ids, schema)
+    assert other.cache_lookup and other.cached_tokens == 0
