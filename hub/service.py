@@ -43,7 +43,7 @@ from hub.fleet.publisher import DesiredPublisher
 from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
 from hub.rollouts.jobs import add_rollout_job, make_driver
-from hub.scheduler import add_refresh_job
+from hub.scheduler import add_refresh_job, add_rollup_job
 from hub.telemetry.keys import PeriodKeys, load_or_create_seed, seed_file
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class HubService:
             self.config.telemetry.k_anonymity,
         )
         add_rollout_job(scheduler, driver, FLEET_JOB_SECONDS)
+        add_rollup_job(scheduler, self.engine)
         if self.broker is not None:
             scheduler.add_job(
                 self.watch_fleet, "interval", seconds=FLEET_JOB_SECONDS, id="watch-fleet"

@@ -16,7 +16,7 @@ from hub.telemetry.models import TELEMETRY
 from hub.telemetry.query import Bucket, HealthCell, release_health
 
 DAYS = (1, 7, 30, 365)
-HOURLY_UP_TO_DAYS = 7  # longer spans are drawn per day (fewer points, same query)
+HOURLY_UP_TO_DAYS = 7  # longer spans are drawn per day, from the daily summary
 TABLE_ROWS = 48  # the newest cells in the table under the charts
 CACHE_SECONDS = 60.0
 
@@ -42,9 +42,10 @@ def _label(cell: HealthCell) -> str:
 
 
 class HealthCache:
-    """The page's cells for CACHE_SECONDS per (model, span, k): a year of hourly reports
-    takes a few hundred ms to aggregate on SQLite, and cells change only as late reports
-    arrive, so a view at most a minute old is shown again instead of aggregated again."""
+    """The page's cells for CACHE_SECONDS per (model, span, k): spans over a week are read
+    from the daily summary (hub.telemetry.rollup), but a week of hourly cells is still
+    aggregated from the reports, and cells change only as reports arrive, so a view at most
+    a minute old is shown again instead of aggregated again."""
 
     def __init__(self, seconds: float = CACHE_SECONDS, entries: int = 32) -> None:
         self.seconds, self.entries = seconds, entries

@@ -41,6 +41,7 @@ from hub.fleet.models import (
     UtcDateTime,
 )
 from hub.telemetry.models import TELEMETRY, telemetry_row
+from hub.telemetry.rollup import mark_stale
 
 DEVICES: Table = Device.__table__  # type: ignore[attr-defined]
 REPORTED: Table = ReportedModelState.__table__  # type: ignore[attr-defined]
@@ -239,7 +240,7 @@ def store(connection: Connection, envelopes: Iterable[Envelope], received_at: da
     if MessageKind.REPORTED_STATE in kinds:
         _reported(connection, dialect, batch, sent)
     if MessageKind.TELEMETRY in kinds:
-        new += _telemetry(connection, dialect, batch)
+        new += _telemetry(connection, dialect, batch, received_at)
     return new
 
 
@@ -339,14 +340,19 @@ def _reported(
         _execute(connection, dialect.statements["reported"], rows)
 
 
-def _telemetry(connection: Connection, dialect: _Dialect, batch: Sequence[Envelope]) -> int:
+def _telemetry(
+    connection: Connection, dialect: _Dialect, batch: Sequence[Envelope], received_at: datetime
+) -> int:
     rows = []
     for e in batch:
         if e.kind is MessageKind.TELEMETRY:
             row = telemetry_row(e)
             row["window_start"] = dialect.time(row["window_start"])
             rows.append(row)
-    return _execute(connection, dialect.statements["telemetry"], rows)
+    stored = _execute(connection, dialect.statements["telemetry"], rows)
+    # A late report reopens its day in the daily summary (in this transaction: see rollup).
+    mark_stale(connection, (row["window_hour"] for row in rows), received_at)
+    return stored
 
 
 def now() -> datetime:

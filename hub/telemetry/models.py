@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, String, Table
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, String, Table
 
 from edge_agent.protocol.messages import Envelope
 from edge_agent.protocol.telemetry import (
@@ -43,6 +43,8 @@ __all__ = [
     "HISTOGRAMS",
     "OUTCOME_COLUMNS",
     "TELEMETRY",
+    "TELEMETRY_DAILY",
+    "TELEMETRY_DAYS",
     "TOKEN_ISSUANCE",
     "Histogram",
     "telemetry_row",
@@ -112,6 +114,38 @@ TELEMETRY = Table(
     # The query's filter, and the join of a release's rows to the same window's agent row.
     Index(None, "model", "version", "window_hour"),
     Index(None, "pseudonym", "window_start"),
+    # The daily roll-up reads one day of every model at a time.
+    Index(None, "window_hour"),
+)
+
+
+# The daily summary (hub.telemetry.rollup): one row per release and UTC day, holding what
+# release_health adds up for a day cell, and the day's DISTINCT pseudonym count computed
+# from the day's rows (distinct counts do not add up, so it is never a sum of hours). No
+# pseudonym is kept: k-anonymity is applied when a cell is read, to `devices`, as for raw rows.
+TELEMETRY_DAILY = Table(
+    "telemetry_daily",
+    METADATA,
+    Column("model", String(ID_CHARS), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("day", Integer(), primary_key=True),  # days since 1970-01-01 UTC
+    Column("devices", Integer(), nullable=False),
+    Column("reports", Integer(), nullable=False),
+    Column("seconds", BigInteger(), nullable=False),
+    Column("dp_epsilon", Float(), nullable=True),
+    *(_count(name) for name in COUNTERS),
+    *(_count(name) for name in ERROR_COLUMNS.values()),
+    *(_count(name) for name in OUTCOME_COLUMNS.values()),
+    *(_count(name) for histogram in HISTOGRAMS for name in histogram.columns),
+)
+
+# Which days the summary holds: `fresh` while the day's summary is complete; a report for a
+# closed day turns it false (ingest), until the roll-up job summarises the day again.
+TELEMETRY_DAYS = Table(
+    "telemetry_daily_days",
+    METADATA,
+    Column("day", Integer(), primary_key=True, autoincrement=False),
+    Column("fresh", Boolean(), nullable=False),
 )
 
 

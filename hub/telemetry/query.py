@@ -22,7 +22,20 @@ from enum import StrEnum
 from typing import Any
 
 from packaging.version import Version
-from sqlalchemy import ColumnElement, Engine, RowMapping, and_, distinct, func, select
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Connection,
+    Engine,
+    RowMapping,
+    Select,
+    and_,
+    distinct,
+    func,
+    or_,
+    select,
+    union_all,
+)
 
 from hub.telemetry.models import (
     COUNTERS,
@@ -30,6 +43,8 @@ from hub.telemetry.models import (
     HISTOGRAMS,
     OUTCOME_COLUMNS,
     TELEMETRY,
+    TELEMETRY_DAILY,
+    TELEMETRY_DAYS,
     Histogram,
 )
 
@@ -183,34 +198,24 @@ def _summed_columns() -> list[str]:
     ]
 
 
-def release_health(
-    engine: Engine,
-    model: str,
-    version: str | None = None,
-    since: datetime | None = None,
-    bucket: Bucket | str = Bucket.HOUR,
-    k: int = DEFAULT_K,
-) -> list[HealthCell]:
-    """Cells of `model` (one release, or each of its releases), oldest first per release,
-    from the cell holding `since` on; those behind fewer than `k` devices suppressed."""
-    try:
-        bucket = Bucket(bucket)
-    except ValueError:
-        raise TelemetryQueryError(f"bucket {bucket!r}: choose hour or day") from None
-    _check(k, since)
+def aggregate(
+    bucket: Bucket,
+    conditions: Sequence[ColumnElement[bool]],
+    hours: ColumnElement[bool] | None,
+    by_model: bool = False,
+) -> Select[Any]:
+    """The statement that adds up cells from the raw reports: per (version, cell), or per
+    (model, version, cell) with `by_model`; the release rows that `conditions` keep, within
+    `hours` (a condition on window_hour, applied to the agent's rows too). Its columns are
+    what _cell reads, so the daily summary stores exactly what a raw day cell would show."""
     t = TELEMETRY
     # The agent's own report (restarts, crashes) of the same device and window: a crash is
     # counted against every release the device reported in that window.
-    conditions = [t.c.model == model]
     agent_conditions: list[ColumnElement[bool]] = [t.c.model.is_(None)]
-    if version is not None:
-        conditions.append(t.c.version == version)
-    if since is not None:
-        first_hour = _first_hour(since, bucket)
-        conditions.append(t.c.window_hour >= first_hour)
+    if hours is not None:
         # The same span on the agent's side: only those windows can join, and without it
         # every query would add up the agent reports of all time.
-        agent_conditions.append(t.c.window_hour >= first_hour)
+        agent_conditions.append(hours)
     agent = (
         select(
             t.c.pseudonym,
@@ -226,6 +231,7 @@ def release_health(
     # with a bound parameter fails on PostgreSQL (the SELECT's copy is another parameter).
     rows = (
         select(
+            t.c.model,
             t.c.version,
             t.c.pseudonym,
             t.c.window_seconds,
@@ -240,10 +246,12 @@ def release_health(
                 and_(agent.c.pseudonym == t.c.pseudonym, agent.c.window_start == t.c.window_start),
             )
         )
-        .where(*conditions)
+        .where(*conditions, *([] if hours is None else [hours]))
         .subquery("rows")
     )
-    statement = select(
+    keys = [rows.c.model] if by_model else []
+    return select(
+        *keys,
         rows.c.version,
         rows.c.cell,
         func.count(distinct(rows.c.pseudonym)).label("devices"),
@@ -251,8 +259,91 @@ def release_health(
         func.sum(rows.c.window_seconds).label("seconds"),
         func.max(rows.c.dp_epsilon).label("dp_epsilon"),
         *(func.sum(rows.c[name]).label(name) for name in [*summed, *_AGENT_COUNTERS]),
-    ).group_by(rows.c.version, rows.c.cell)
+    ).group_by(*keys, rows.c.version, rows.c.cell)
+
+
+def _raw_hours(fresh: Sequence[int], first_day: int | None) -> ColumnElement[bool]:
+    """window_hour within the days from `first_day` on that are not in `fresh` (sorted):
+    the gaps between the summarised days, and everything after the last."""
+    h = TELEMETRY.c.window_hour
+    spans: list[ColumnElement[bool]] = []
+    start = first_day  # the first day not yet covered; None: from the beginning
+    for day in fresh:
+        if start is None or day > start:
+            lower = [] if start is None else [h >= start * 24]
+            spans.append(and_(*lower, h < day * 24))
+        start = day + 1
+    spans.append(h >= start * 24 if start is not None else h.is_not(None))
+    return or_(*spans)
+
+
+def _day_cells(
+    connection: Connection,
+    model: str,
+    version: str | None,
+    first_day: int | None,
+    conditions: Sequence[ColumnElement[bool]],
+) -> CompoundSelect[Any]:
+    """Day cells: the summary's rows for its fresh days, and the raw reports' day cells for
+    every other day from `first_day` on. One query finds the fresh days first, so the raw
+    part reads only the hours outside them."""
+    days = TELEMETRY_DAYS
+    known = select(days.c.day).where(days.c.fresh).order_by(days.c.day)
+    if first_day is not None:
+        known = known.where(days.c.day >= first_day)
+    fresh = list(connection.execute(known).scalars())
+    d = TELEMETRY_DAILY
+    summarised = (
+        select(
+            d.c.version,
+            d.c.day.label("cell"),
+            d.c.devices,
+            d.c.reports,
+            d.c.seconds,
+            d.c.dp_epsilon,
+            *(d.c[name] for name in [*_summed_columns(), *_AGENT_COUNTERS]),
+        )
+        .join(days, and_(days.c.day == d.c.day, days.c.fresh))
+        .where(d.c.model == model)
+    )
+    if version is not None:
+        summarised = summarised.where(d.c.version == version)
+    if first_day is not None:
+        summarised = summarised.where(d.c.day >= first_day)
+    raw = aggregate(Bucket.DAY, conditions, _raw_hours(fresh, first_day))
+    return union_all(summarised, raw)
+
+
+def release_health(
+    engine: Engine,
+    model: str,
+    version: str | None = None,
+    since: datetime | None = None,
+    bucket: Bucket | str = Bucket.HOUR,
+    k: int = DEFAULT_K,
+) -> list[HealthCell]:
+    """Cells of `model` (one release, or each of its releases), oldest first per release,
+    from the cell holding `since` on; those behind fewer than `k` devices suppressed.
+    Day cells come from the daily summary for the days it holds fresh, from the raw
+    reports for the rest (today, and a day a late report reopened): the same numbers."""
+    try:
+        bucket = Bucket(bucket)
+    except ValueError:
+        raise TelemetryQueryError(f"bucket {bucket!r}: choose hour or day") from None
+    _check(k, since)
+    t = TELEMETRY
+    conditions = [t.c.model == model]
+    if version is not None:
+        conditions.append(t.c.version == version)
+    first_hour = None if since is None else _first_hour(since, bucket)
+    statement: Select[Any] | CompoundSelect[Any]
     with engine.connect() as connection:
+        if bucket is Bucket.DAY:
+            first_day = None if first_hour is None else first_hour // 24
+            statement = _day_cells(connection, model, version, first_day, conditions)
+        else:
+            hours = None if first_hour is None else t.c.window_hour >= first_hour
+            statement = aggregate(bucket, conditions, hours)
         results = connection.execute(statement).mappings().all()
     cells = [_cell(model, bucket, k, result) for result in results]
     return sorted(cells, key=lambda c: (Version(c.version), c.start))
