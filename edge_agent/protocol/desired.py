@@ -23,6 +23,7 @@ from typing import Any, Self
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from packaging.version import Version
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge_agent.protocol.errors import (
@@ -62,6 +63,10 @@ class DesiredState(Wire):
     # When the device may activate what it downloaded; None: at once. Signed with the rest,
     # so a device away from the hub still obeys it. Optional: older states stay valid.
     window: MaintenanceWindow | None = None
+    # The director's signed rollback statement: model -> the release it rolls back FROM.
+    # Only with it may an agent go below its version floor, and only to its kept previous
+    # version (edge_agent.updates.rollback); the sequence and expiry above stop a replay.
+    rollbacks: dict[ModelName, ReleaseVersion] = Field(default_factory=dict)
 
     @field_validator("schema_version")
     @classmethod
@@ -81,6 +86,15 @@ class DesiredState(Wire):
             expected = manifest_target(model, release.version)
             if release.manifest != expected:
                 raise ValueError(f"models.{model}.manifest must be {expected}")
+        for model, rolled_back_from in self.rollbacks.items():
+            assigned = self.models.get(model)
+            if assigned is None:
+                raise ValueError(f"rollbacks.{model} names a model this state does not assign")
+            if Version(assigned.version) >= Version(rolled_back_from):
+                raise ValueError(
+                    f"rollbacks.{model} must name a release newer than the assigned "
+                    f"{assigned.version}, got {rolled_back_from}"
+                )
         return self
 
 
@@ -95,9 +109,19 @@ def canonical_json(value: Any) -> bytes:
     ).encode()
 
 
+def signed_part(state: DesiredState) -> dict[str, Any]:
+    """The part that is signed. Without a window or rollbacks it is what it was before
+    those fields existed, so older agents read it unchanged."""
+    left_out = set()
+    if state.window is None:
+        left_out.add("window")
+    if not state.rollbacks:
+        left_out.add("rollbacks")
+    return state.model_dump(mode="json", exclude=left_out or None)
+
+
 def sign_desired(state: DesiredState, private_key: Ed25519PrivateKey) -> SignedDesired:
-    # Without a window the signed part is what it was before windows existed.
-    signed = state.model_dump(mode="json", exclude={"window"} if state.window is None else None)
+    signed = signed_part(state)
     return SignedDesired(
         signed=signed,
         key_id=key_id(private_key.public_key()),

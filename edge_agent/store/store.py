@@ -153,6 +153,15 @@ class ModelStore:
             floors[model] = version
             write_atomic(self.floors_path, json.dumps(floors, indent=2).encode())
 
+    def lower_floor(self, model: str, version: str) -> None:
+        """Set the floor to exactly `version`, below where it is: only for a signed rollback
+        (edge_agent.updates.rollback decides); never raises it."""
+        floors = self._floors()
+        current = floors.get(model)
+        if current is not None and Version(version) < Version(current):
+            floors[model] = version
+            write_atomic(self.floors_path, json.dumps(floors, indent=2).encode())
+
     def _floors(self) -> dict[str, str]:
         try:
             data = json.loads(self.floors_path.read_bytes())

@@ -44,6 +44,8 @@ from edge_agent.sync.window import HeldDesired, WaitingForWindow, prefetch
 from edge_agent.telemetry.collector import Collector
 from edge_agent.updates.errors import UpdateError
 from edge_agent.updates.manager import UpdateManager
+from edge_agent.updates.reactivate import reactivate_kept
+from edge_agent.updates.rollback import is_rollback
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,13 @@ class SyncService:
             raise UpdateError("no update source: enroll the device or set [updates] source")
         window = self._last_desired.window if self._last_desired is not None else None
         now = datetime.now(UTC)
+        if is_rollback(version, self.store.floor(model)):  # nothing to fetch: the kept one
+            if window is not None and not window.is_open(now):
+                raise WaitingForWindow(model, version, window.next_open(now))
+            rollbacks = self._last_desired.rollbacks if self._last_desired is not None else {}
+            return reactivate_kept(
+                self.manager, model, version, rolled_back_from=rollbacks.get(model)
+            ).version
         base, fetcher = fetcher_for(
             source,
             self.settings.update_token,

@@ -34,7 +34,7 @@ from edge_agent.protocol import (
     check_opens,
     manifest_target,
 )
-from edge_agent.protocol.desired import canonical_json, key_id, sign_desired
+from edge_agent.protocol.desired import canonical_json, key_id, sign_desired, signed_part
 from hub.db import session
 from hub.fleet.models import DesiredRecord, Device, Group
 from hub.fleet.registry import RegistryError
@@ -78,9 +78,11 @@ def _signed_record(
     ttl: timedelta,
     now: datetime,
     window: MaintenanceWindow | None = None,
+    rollbacks: dict[str, str] | None = None,
 ) -> DesiredRecord:
     state = DesiredState(
         window=window,
+        rollbacks=rollbacks or {},
         device_id=device_id,
         sequence=sequence,
         issued_at=now,
@@ -116,13 +118,18 @@ def assign(
     ttl: timedelta = DEFAULT_TTL,
     now: datetime | None = None,
     window: MaintenanceWindow | None = None,
+    rolled_back_from: str | None = None,
 ) -> list[DesiredRecord]:
     """Ask each device to run `model` `version` (other models stay as assigned), activating
     inside `window` (None: the window of the device's group, if it has one). One
-    transaction: every device gets it, or none does. The stored states, as records."""
+    transaction: every device gets it, or none does. The stored states, as records.
+
+    `rolled_back_from`: this assignment rolls `model` back from that release; the signed
+    statement lets a device that activated it go below its floor to its kept `version`."""
     rows = assign_many(
-        engine, key, device_ids, model, version, listed=listed, ttl=ttl, now=now, window=window
-    )
+        engine, key, device_ids, model, version, listed=listed, ttl=ttl, now=now,
+        window=window, rolled_back_from=rolled_back_from,
+    )  # fmt: skip
     return [DesiredRecord(**row) for row in rows]
 
 
@@ -137,6 +144,7 @@ def assign_many(
     ttl: timedelta = DEFAULT_TTL,
     now: datetime | None = None,
     window: MaintenanceWindow | None = None,
+    rolled_back_from: str | None = None,
 ) -> list[dict[str, Any]]:
     """`assign` for a wave of thousands: the stored states as column values, no ORM objects.
 
@@ -168,7 +176,7 @@ def assign_many(
         )
         currents = _chunked(
             connection,
-            select(table.c.device_id, table.c.sequence, table.c.models),
+            select(table.c.device_id, table.c.sequence, table.c.models, table.c.signed),
             table.c.device_id,
             ids,
         )
@@ -182,7 +190,11 @@ def assign_many(
             models = {**(current.models if current else {}), model: version}
             sequence = current.sequence + 1 if current else 1
             applied = window or _group_window(db, device.group, group_windows, at)
-            row = signer.row(device_id, sequence, models, applied)
+            rollbacks = rollbacks_of(current.signed) if current else {}
+            rollbacks.pop(model, None)  # a new assignment of the model ends its rollback
+            if rolled_back_from is not None:
+                rollbacks[model] = rolled_back_from
+            row = signer.row(device_id, sequence, models, applied, rollbacks)
             (replaced if current else new_rows).append(row)
         if new_rows:
             connection.execute(insert(table), new_rows)
@@ -226,13 +238,22 @@ class _Signer:
         self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def _shared_part(
-        self, device_id: str, models: dict[str, str], window: MaintenanceWindow | None
+        self,
+        device_id: str,
+        models: dict[str, str],
+        window: MaintenanceWindow | None,
+        rollbacks: dict[str, str],
     ) -> dict[str, Any]:
-        cache_key = (tuple(sorted(models.items())), window.model_dump_json() if window else None)
+        cache_key = (
+            tuple(sorted(models.items())),
+            window.model_dump_json() if window else None,
+            tuple(sorted(rollbacks.items())),
+        )
         shared = self._shared.get(cache_key)
         if shared is None:
             state = DesiredState(
                 window=window,
+                rollbacks=rollbacks,
                 device_id=device_id,
                 sequence=1,
                 issued_at=self.issued_at,
@@ -242,8 +263,7 @@ class _Signer:
                     for m, v in models.items()
                 },
             )
-            # As sign_desired: without a window the signed part is what it was before.
-            shared = state.model_dump(mode="json", exclude={"window"} if window is None else None)
+            shared = signed_part(state)
             self._shared[cache_key] = shared
         return shared
 
@@ -253,8 +273,10 @@ class _Signer:
         sequence: int,
         models: dict[str, str],
         window: MaintenanceWindow | None,
+        rollbacks: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        signed = {**self._shared_part(device_id, models, window), "device_id": device_id}
+        shared = self._shared_part(device_id, models, window, rollbacks or {})
+        signed = {**shared, "device_id": device_id}
         signed["sequence"] = sequence
         signature = base64.b64encode(self.key.sign(canonical_json(signed))).decode()
         envelope = SignedDesired(signed=signed, key_id=self.key_id, signature=signature)
@@ -268,6 +290,15 @@ class _Signer:
             "signed": envelope.model_dump_json(),
             "published_at": None,
         }
+
+
+def rollbacks_of(signed: str) -> dict[str, str]:
+    """The rollback statements of a stored signed state, so a renewal or another model's
+    assignment signs them again (a device offline meanwhile still gets its rollback)."""
+    if '"rollbacks"' not in signed:  # most states: skip parsing the JSON
+        return {}
+    part = SignedDesired.model_validate_json(signed).signed.get("rollbacks") or {}
+    return {str(model): str(version) for model, version in part.items()}
 
 
 def stored_window(value: dict[str, object] | None) -> MaintenanceWindow | None:
@@ -405,6 +436,7 @@ def renew_expiring(
                     ttl,
                     at,
                     stored_window(current.window),
+                    rollbacks_of(current.signed),
                 )
             )
             renewed.append(current.device_id)

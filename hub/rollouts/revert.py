@@ -6,8 +6,9 @@ so a crash in between only means the next try signs those states once more. A de
 rollout found without an earlier release of the model, or whose earlier release is no
 longer listed, keeps its state; the details say which.
 
-Agents keep a version floor: one that already activated the new release refuses an older
-one. Those devices stay on it until a newer release fixes them (see README, rollouts)."""
+Agents keep a version floor and refuse any older release, except through a signed rollback
+statement: the reverted states name the rollout's release as rolled back from, so a device
+that already activated it re-activates the version it kept (edge_agent.updates.rollback)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,10 @@ def revert(
             continue
         by_version[previous].append(member.device_id)
     for version, device_ids in sorted(by_version.items()):
-        desired.assign(
-            engine, key(), sorted(device_ids), rollout.model, version, listed=lambda _m, _v: True
-        )
+        desired.assign_many(
+            engine, key(), sorted(device_ids), rollout.model, version,
+            listed=lambda _m, _v: True, rolled_back_from=rollout.version,
+        )  # fmt: skip
     reverted = {d for ids in by_version.values() for d in ids}
     with session(engine) as db:
         for member in members:

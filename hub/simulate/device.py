@@ -278,7 +278,7 @@ class SimulatedDevice:
         for model, version in sorted(changes.items()):
             self.waiting_for_window.pop(model, None)
             before = self.runtime.active.get(model)
-            error = self.runtime.install(model, version)
+            error = self.runtime.install(model, version, state.rollbacks.get(model))
             results[model] = error
             self._report(
                 InstallEvent(

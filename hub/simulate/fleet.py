@@ -72,6 +72,7 @@ class SimulatedFleet:
         for identity in enrolled:
             runtime = StubRuntime(profile or DeviceProfile(), random.Random(self._seed.random()))
             runtime.active.update(active or {})
+            runtime.floor.update(active or {})  # what runs was healthy: the floor
             device = SimulatedDevice(
                 identity,
                 runtime,

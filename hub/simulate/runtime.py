@@ -12,6 +12,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from packaging.version import Version
+
+from edge_agent.updates.errors import Refused
+from edge_agent.updates.rollback import check_rollback, is_rollback
+
 
 @dataclass(frozen=True)
 class Behaviour:
@@ -52,26 +57,44 @@ class DeviceProfile:
 
 class StubRuntime:
     """What a simulated device runs: the active version per model, and installs that take
-    `install_latency_s` and fail with `install_failure_rate`."""
+    `install_latency_s` and fail with `install_failure_rate`. It keeps the agent's version
+    floor and decides a rollback below it with the agent's own rule."""
 
     def __init__(self, profile: DeviceProfile, rng: random.Random) -> None:
         self.profile = profile
         self.rng = rng
         self.active: dict[str, str] = {}
         self.previous: dict[str, str] = {}
+        self.floor: dict[str, str] = {}  # model -> lowest version it may run
 
     def install_latency(self, version: str) -> float:
         return self.profile.for_version(version).install_latency_s
 
-    def install(self, model: str, version: str) -> str | None:
-        """Install `version`: the error text when it fails (the old version stays active),
-        None when it is now active."""
+    def install(self, model: str, version: str, rolled_back_from: str | None = None) -> str | None:
+        """Install `version`: the error text when it fails or is refused (the old version
+        stays active), None when it is now active. Below the floor only a signed rollback
+        (`rolled_back_from`) re-activates the kept previous version, as on the agent."""
+        floor = self.floor.get(model)
+        if is_rollback(version, Version(floor) if floor else None):
+            try:
+                check_rollback(
+                    model, version, rolled_back_from=rolled_back_from,
+                    active=self.active.get(model), previous=self.previous.get(model),
+                )  # fmt: skip
+            except Refused as exc:
+                return str(exc)
+            self.floor[model] = version
+            self.active[model] = version
+            del self.previous[model]
+            return None
         behaviour = self.profile.for_version(version)
         if self.rng.random() < behaviour.install_failure_rate:
             return f"{model} {version}: simulated install failure (health check failed)"
         if model in self.active:
             self.previous[model] = self.active[model]
         self.active[model] = version
+        if floor is None or Version(version) > Version(floor):
+            self.floor[model] = version  # healthy: the floor rises, as the agent's
         return None
 
     def request_failed(self, model: str) -> bool:

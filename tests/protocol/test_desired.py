@@ -161,3 +161,26 @@ def test_expiry_must_follow_issue() -> None:
 def test_now_without_a_time_zone_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="time zone"):
         verify(sign_desired(state(), DIRECTOR), now=datetime(2030, 1, 2))
+
+
+def test_a_rollback_statement_is_signed_and_verified_with_the_state() -> None:
+    rolled = state(rollbacks={"tiny": "1.3.0"})
+    signed = sign_desired(rolled, DIRECTOR)
+    assert signed.signed["rollbacks"] == {"tiny": "1.3.0"}
+    assert verify(signed).rollbacks == {"tiny": "1.3.0"}
+    assert "rollbacks" not in sign_desired(state(), DIRECTOR).signed  # older agents' bytes
+
+
+@pytest.mark.parametrize(
+    ("rollbacks", "error"),
+    [
+        ({"other": "2.0.0"}, r"rollbacks\.other names a model this state does not assign"),
+        ({"tiny": "1.2.0"}, r"rollbacks\.tiny must name a release newer than the assigned 1\.2\.0"),
+        ({"tiny": "1.0.0"}, r"rollbacks\.tiny must name a release newer than the assigned 1\.2\.0"),
+    ],
+)
+def test_a_rollback_statement_must_name_an_assigned_model_and_a_newer_release(
+    rollbacks: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ValidationError, match=error):
+        state(rollbacks=rollbacks)
