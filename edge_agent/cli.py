@@ -16,10 +16,12 @@ from edge_agent import __version__
 from edge_agent.config import AgentConfig, ApiConfig, load_config
 from edge_agent.installed.commands import register as register_installed_commands
 from edge_agent.models import (
+    ADAPTER,
     EMBEDDINGS,
     GENERATION,
     ModelNotFound,
     ModelRef,
+    installed_adapters,
     installed_models,
     resolve_model,
 )
@@ -191,6 +193,12 @@ def serve(
             fail("--name renames one model: give exactly one --model with it", 2)
         pinned = [ModelRef(name, pinned[0].path)]
     for ref in pinned:
+        if ref.kind == ADAPTER:
+            fail(
+                f"{ref.name} is a LoRA adapter: it is served by name on its base whenever "
+                "both are installed; give --model only for generation models",
+                2,
+            )
         if ref.kind == EMBEDDINGS:
             fail(
                 f"{ref.name} is a sentence encoder: it serves /v1/embeddings whenever it is "
@@ -267,6 +275,7 @@ def _model_pool(telemetry: Telemetry | None) -> ModelPool:
     return ModelPool(
         discover=lambda: _installed_of_kind(GENERATION),
         make_service=lambda name, path: _service(ModelRef(name, path), telemetry),
+        discover_adapters=lambda: installed_adapters(config.models_dir),
         budget_bytes=config.runtime.memory_budget_mib * 2**20,
         keep_alive_seconds=config.runtime.keep_alive_seconds,
         retry_after_seconds=config.api.retry_after_seconds,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.runtime.adapters import ADAPTER_CONFIG, AdapterRef, read_adapter
+from edge_agent.runtime.errors import ModelFolderError
 from edge_agent.runtime.model_folder import CONFIG_NAME
+
+log = logging.getLogger(__name__)
 
 EMBEDDINGS_CONFIG = "embeddings.json"  # an encoder for /v1/embeddings (runtime.encoder)
 GENERATION = "generation"
 EMBEDDINGS = "embeddings"
+ADAPTER = "adapter"  # a LoRA adapter served on its base (runtime.adapters)
 
 
 class ModelNotFound(Exception):
@@ -37,6 +43,22 @@ def installed_models(models_dir: Path) -> list[ModelRef]:
             if (folder / EMBEDDINGS_CONFIG).is_file():
                 found.append(ModelRef(entry.name, folder, EMBEDDINGS))
                 break
+            if (folder / ADAPTER_CONFIG).is_file():
+                found.append(ModelRef(entry.name, folder, ADAPTER))
+                break
+    return found
+
+
+def installed_adapters(models_dir: Path) -> dict[str, AdapterRef]:
+    """The installed LoRA adapters by name; one whose description is unreadable is left
+    out (and logged), so it cannot stop the others from serving."""
+    found = {}
+    for ref in installed_models(models_dir):
+        if ref.kind == ADAPTER:
+            try:
+                found[ref.name] = read_adapter(ref.name, ref.path)
+            except ModelFolderError as exc:
+                log.error("adapter %s is not served: %s", ref.name, exc)
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from edge_agent.api.schemas import ChatCompletionRequest, CompletionRequest
 from edge_agent.api.tools import plan_tools
 from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
-from edge_agent.runtime import InvalidRequest, ModelLoadError
+from edge_agent.runtime import InvalidRequest, ModelLoadError, SamplingParams
 from edge_agent.runtime.encoder import Encoders
+from edge_agent.runtime.errors import AdapterBaseUnavailable
 from edge_agent.runtime.pool import ModelNotInstalled, ModelPool, parse_keep_alive
 from edge_agent.runtime.service import ModelService
 from edge_agent.store.store import RELEASE_FILE
@@ -128,8 +130,14 @@ def create_app(
             return await run_in_threadpool(pool.acquire, name, seconds)
         except ModelNotInstalled as exc:
             raise not_found(name, exc.available) from None
+        except AdapterBaseUnavailable as exc:
+            raise ApiError(400, str(exc), param="model", code="adapter_base_unavailable") from None
         except ModelLoadError as exc:
             raise ApiError(400, str(exc), param="model", code="model_too_large") from None
+
+    def on_adapter(params: SamplingParams, name: str) -> SamplingParams:
+        """A request for an adapter runs on its base with the adapter active."""
+        return replace(params, adapter=name) if pool.adapter(name) is not None else params
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -185,7 +193,7 @@ def create_app(
         service: ModelService, body: ChatCompletionRequest, request: Request
     ) -> Response:
         tools = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
-        params = body.chat_sampling(tools.grammar() if tools else None)
+        params = on_adapter(body.chat_sampling(tools.grammar() if tools else None), body.model)
         model, _ = service.require()
         messages = [m.to_runtime() for m in body.messages]
         prompt = tools.prompt(model, messages) if tools else model.chat_prompt(messages)
@@ -210,7 +218,7 @@ def create_app(
     async def completions_on(
         service: ModelService, body: CompletionRequest, request: Request
     ) -> Response:
-        params = body.sampling()
+        params = on_adapter(body.sampling(), body.model)
         model, _ = service.require()
         prompt = body.prompt_input()
         if isinstance(prompt, str):

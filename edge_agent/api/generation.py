@@ -69,6 +69,11 @@ class Generation:
         self.created = int(time.time())
         self.first_token_at: float | None = None
 
+    @property
+    def model_name(self) -> str:
+        """The name the client asked for: an adapter's own, not its base's."""
+        return self.params.adapter or self.service.name
+
     def start(self) -> list[tuple[Submission, AsyncSink]]:
         """Submit the `n` sequences; they arrive together, so they decode as one batch."""
         started: list[tuple[Submission, AsyncSink]] = []
@@ -103,7 +108,7 @@ class Generation:
     def _observe_finish(self, done: Finished, status: int) -> None:
         now = time.perf_counter()
         self.metrics.requests.labels(self.endpoint, str(status)).inc()
-        self.metrics.model_requests.labels(self.service.name, str(status)).inc()
+        self.metrics.model_requests.labels(self.model_name, str(status)).inc()
         self.metrics.request_seconds.labels(self.endpoint).observe(now - self.started)
         self.metrics.tokens.labels("prompt").inc(done.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(done.completion_tokens)
@@ -145,7 +150,7 @@ class Generation:
 
     def stream(self, include_usage: bool) -> StreamingResponse:
         started = self.start()
-        shape = self.shape(self.id, self.service.name, self.created)
+        shape = self.shape(self.id, self.model_name, self.created)
         return StreamingResponse(
             self._sse(started, shape, include_usage),
             media_type="text/event-stream",
@@ -227,7 +232,7 @@ class Generation:
                 total, failure = self._settle(list(done.values()))
                 if failure is not None:
                     raise failure
-                shape = self.shape(self.id, self.service.name, self.created)
+                shape = self.shape(self.id, self.model_name, self.created)
                 choices = [
                     self._choice(shape, index, "".join(parts[index]), done[index])
                     for index in range(len(started))

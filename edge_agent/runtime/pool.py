@@ -8,6 +8,10 @@ config's, or the last request's `keep_alive`, as Ollama does). Pinned models (`s
 --model`) load at start and never unload. Each model has its own scheduler, and so its
 own queue limits: one busy model cannot fill another's queue.
 
+A LoRA adapter is served on its base (runtime.adapters): asking for it loads the base as
+any model, then the adapter into it once. The base counts once in the budget; each
+adapter adds its own file's bytes to its base's slot, and leaves with the base.
+
 A model's size is its files on disk plus a measured overhead (see `estimate_bytes`).
 A request holds a lease on its model from the lookup until its submission is queued, so
 a model is never unloaded between the two; after that the scheduler's own counts say
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.runtime.errors import ModelLoadError, NotReady
+from edge_agent.runtime.adapters import AdapterRef
+from edge_agent.runtime.errors import AdapterBaseUnavailable, ModelLoadError, NotReady
 from edge_agent.runtime.memory import release_free_memory
 from edge_agent.runtime.service import ModelService
 
@@ -98,6 +103,11 @@ class _Slot:
     keep_alive: float  # seconds idle before unloading; < 0: never
     last_used: float
     leases: int = 0
+    adapter_bytes: int = 0  # the adapters loaded on this base, together
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes + self.adapter_bytes
 
     def busy(self, service: ModelService) -> bool:
         scheduler = service.scheduler
@@ -111,6 +121,7 @@ class ModelPool:
         *,
         discover: Callable[[], dict[str, Path]],
         make_service: Callable[[str, Path], ModelService],
+        discover_adapters: Callable[[], dict[str, AdapterRef]] = dict,
         budget_bytes: int = 0,
         keep_alive_seconds: float = 300.0,
         retry_after_seconds: int = 5,
@@ -118,6 +129,7 @@ class ModelPool:
     ) -> None:
         self.discover = discover
         self.make_service = make_service
+        self.discover_adapters = discover_adapters
         self.budget_bytes = budget_bytes or default_budget_bytes()
         self.keep_alive_seconds = keep_alive_seconds
         self.retry_after_seconds = retry_after_seconds
@@ -149,7 +161,12 @@ class ModelPool:
         """Every model that can be served: the installed ones and the pinned ones."""
         found = dict(self.discover())
         found.update({name: service.path for name, service in self._pinned.items()})
+        found.update({name: ref.folder for name, ref in self.discover_adapters().items()})
         return dict(sorted(found.items()))
+
+    def adapter(self, name: str) -> AdapterRef | None:
+        """The installed adapter called `name`, or None when it names a model."""
+        return self.discover_adapters().get(name)
 
     def used_bytes(self) -> int:
         with self._lock:
@@ -157,14 +174,23 @@ class ModelPool:
 
     def _used_locked(self) -> int:
         loading = sum(size for _done, size in self._loading.values())
-        return sum(slot.bytes for slot in self._slots.values()) + loading
+        return sum(slot.total_bytes for slot in self._slots.values()) + loading
 
     # --- serving ------------------------------------------------------------------------
 
     def acquire_loaded(self, name: str, keep_alive: float | None = None) -> ModelService | None:
-        """The model when it is loaded (leased, as `acquire`), else None: never waits."""
+        """The model when it is loaded (leased, as `acquire`), else None: never waits. An
+        adapter counts as loaded once its base is and it is loaded on it."""
+        ref = self.adapter(name)
         with self._lock:
-            return self._lease_locked(name, keep_alive)
+            service = self._lease_locked(ref.base_name if ref else name, keep_alive)
+        if service is None or ref is None:
+            return service
+        model = service.model
+        if model is not None and ref.name in model.adapters.loaded():
+            return service
+        self.release(service)
+        return None
 
     def _lease_locked(self, name: str, keep_alive: float | None) -> ModelService | None:
         service = self.services.get(name)
@@ -179,7 +205,54 @@ class ModelPool:
     def acquire(self, name: str, keep_alive: float | None = None) -> ModelService:
         """The model, loaded if need be (this thread waits); the caller must `release` it
         once its work is queued. Raises ModelNotInstalled, NotReady (503) or
-        ModelLoadError."""
+        ModelLoadError. For an adapter: its base, with the adapter loaded on it."""
+        ref = self.adapter(name)
+        if ref is None:
+            return self._acquire_model(name, keep_alive)
+        if ref.base_name not in self.known():
+            raise AdapterBaseUnavailable(
+                f"adapter {name} needs its base model {ref.base}, which is not installed: "
+                f"install {ref.base_name} {ref.base_version} first"
+            )
+        service = self._acquire_model(ref.base_name, keep_alive)
+        try:
+            self._attach(service, ref)
+        except BaseException:
+            self.release(service)
+            raise
+        return service
+
+    def _attach(self, service: ModelService, ref: AdapterRef) -> None:
+        """Load `ref` on its base `service` unless it is already there."""
+        model = service.model
+        if model is None:
+            raise NotReady(f"model {service.name} is not loaded; retry shortly")
+        release = service.release
+        if release is not None and release[1] != ref.base_version:
+            raise AdapterBaseUnavailable(
+                f"adapter {ref.name} was made for {ref.base}, but {ref.base_name} "
+                f"{release[1]} is active: install an adapter release made for it"
+            )
+        if ref.name in model.adapters.loaded():
+            return
+        size = ref.file_bytes()
+        with self._lock:
+            self._make_room_locked(size, ref.name, keep=ref.base_name)
+            slot = self._slots.get(service.name)
+            if slot is not None:
+                slot.adapter_bytes += size
+        try:
+            loaded = model.adapters.ensure(ref)
+        except Exception as exc:
+            with self._lock:
+                if slot is not None:
+                    slot.adapter_bytes -= size
+            raise ModelLoadError(f"adapter {ref.name} does not load on {ref.base}: {exc}") from exc
+        if not loaded and slot is not None:  # another request loaded it meanwhile
+            with self._lock:
+                slot.adapter_bytes -= size
+
+    def _acquire_model(self, name: str, keep_alive: float | None) -> ModelService:
         while True:
             with self._lock:
                 service = self._lease_locked(name, keep_alive)
@@ -234,10 +307,15 @@ class ModelPool:
                 f"memory budget ({self.budget_bytes / 2**20:.0f} MiB): raise "
                 "[runtime] memory_budget_mib or serve a smaller model"
             )
+        self._make_room_locked(size, name)
+        return size, path
+
+    def _make_room_locked(self, size: int, name: str, keep: str | None = None) -> None:
+        """Unload idle models (never pinned, busy or `keep`) until `size` more bytes fit."""
         idle = sorted(
             (slot.last_used, other)
             for other, slot in self._slots.items()
-            if not slot.pinned and not slot.busy(self.services[other])
+            if not slot.pinned and other != keep and not slot.busy(self.services[other])
         )
         while self._used_locked() + size > self.budget_bytes and idle:
             self._unload_locked(idle.pop(0)[1], "to make room for " + name)
@@ -247,7 +325,6 @@ class ModelPool:
                 f"({', '.join(self._slots) or 'none'}) are busy or pinned; retry shortly",
                 self.retry_after_seconds,
             )
-        return size, path
 
     def _load(self, name: str, path: Path) -> ModelService:
         service = self.make_service(name, path)
@@ -316,6 +393,7 @@ class ModelPool:
             if name in self.services:
                 self.services[name] = fresh
                 self._slots[name].bytes = estimate_bytes(fresh.path)
+                self._slots[name].adapter_bytes = 0  # adapters load again on the new version
                 if name in self._pinned:
                     self._pinned[name] = fresh
                 return
@@ -338,6 +416,7 @@ class ModelPool:
                         "ready": service.ready,
                         "pinned": slot.pinned,
                         "memory_bytes": slot.bytes,
+                        "adapters": service.model.adapters.loaded() if service.model else {},
                         "idle_seconds": round(now - slot.last_used, 3),
                         "keep_alive_seconds": None if slot.keep_alive < 0 else slot.keep_alive,
                         "expires_in_seconds": (

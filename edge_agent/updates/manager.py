@@ -23,6 +23,7 @@ from edge_agent import faults
 from edge_agent.protocol import ReleaseManifest
 from edge_agent.store import CorruptChunk, ModelStore, StoreError
 from edge_agent.updates import capacity
+from edge_agent.updates.adapter_base import check_adapter_base
 from edge_agent.updates.errors import (
     HealthCheckFailed,
     InstallFailed,
@@ -131,6 +132,7 @@ class UpdateManager:
             active = self.store.active(model)
             return Outcome(model, active.version if active else None, False, "already newest")
         manifest = source.manifest(model, wanted)  # listed and verified by ngclient
+        check_adapter_base(self.store, manifest)  # an adapter needs its base active here
         self._check_room(manifest, download=True)  # before the state file says "started"
         active = self.store.active(model)
         record = record.model_copy(
