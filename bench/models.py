@@ -10,6 +10,14 @@
   is reported beside it for what batching would change. The encoder is random-weight,
   MiniLM-L6-shaped, exported and quantized by the hub (optimum in its own venv).
 
+- LoRA adapters (the model's recipe built to accept adapters, three random PEFT adapters
+  imported by the hub): memory (RSS, each side in its own fresh process) of one base with
+  3 adapters loaded and used against 4 full copies of the model (target <= 0.4x), and the
+  pool's own accounting of the same; the switch cost per request, a short greedy request
+  rotating over the 3 adapters against the same request always on one adapter (target
+  < 5 ms), with the bare base beside it; the bytes a device moves for the adapter release
+  against its base's release.
+
 The last line is one JSON object with every figure (the house style of bench/).
 
     .venv/bin/python bench/models.py [--repeats 3] [--model tiny|small] [--encoder minilm|tiny]
@@ -34,6 +42,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
 TARGET_RATIO = 0.9
+ADAPTER_MEMORY_TARGET = 0.4
+SWITCH_TARGET_MS = 5.0
+ADAPTER_NAMES = ("contracts-fr", "triage-en", "review-de")
 TOKENS = 128
 BATCH = 32
 
@@ -186,11 +197,125 @@ def embeddings(recipe: str, repeats: int, work: Path) -> dict[str, Any]:
     }
 
 
+def adapter_release(model: str, work: Path) -> tuple[Path, dict[str, Path], dict[str, int]]:
+    """The adapter-ready base and 3 adapters as a device installs them, and the release
+    bytes (unique chunks) of the base and of one adapter."""
+    from hub.registry import synthetic, synthetic_adapter
+    from hub.registry.adapter_import import import_adapter, materialize
+    from hub.registry.repository import ReleaseRepository
+
+    recipe = synthetic.RECIPES[model]
+    base = synthetic_adapter.build_base(synthetic_adapter.AdapterBaseRecipe(model=recipe))
+    repo = ReleaseRepository.create(work / "repo", work / "keys")
+    base_manifest = repo.publish(base, model, "1.0.0")
+    folders = {}
+    sizes = {"base": sum(base_manifest.unique_chunks().values())}
+    for seed, name in enumerate(ADAPTER_NAMES, start=1):
+        peft = synthetic_adapter.build_adapter(
+            synthetic_adapter.AdapterRecipe(model=recipe, seed=seed)
+        )
+        manifest = import_adapter(repo, peft, f"{model}@1.0.0", name, "1.0.0")
+        sizes[name] = sum(manifest.unique_chunks().values())
+        folders[name] = materialize(repo.root, manifest, work / "adapters" / name)
+    return base, folders, sizes
+
+
+def _rss_loaded(warm_with: str, base: str, adapters: list[str], copies: list[str]) -> float:
+    """In a fresh process: the RSS (MiB) that loading `base` plus the adapters, or plus
+    full copies of the model, takes, each used for one token. The runtime is warmed on
+    the tiny test model first, so its own libraries count on neither side."""
+    from edge_agent.runtime import LoadedModel, RuntimeSettings, SamplingParams
+    from edge_agent.runtime.adapters import AdapterRef
+
+    def one_token(model: LoadedModel, adapter: str | None = None) -> None:
+        params = SamplingParams(max_tokens=1, temperature=0, adapter=adapter)
+        model.new_generator([model.encode("hi")], params, 8).generate_next_token()
+
+    warm = LoadedModel.load("warm", Path(warm_with), RuntimeSettings())
+    one_token(warm)
+    del warm
+    before = rss_mib()
+    kept = [LoadedModel.load("base", Path(base), RuntimeSettings())]
+    one_token(kept[0])
+    for folder in adapters:
+        name = Path(folder).name
+        kept[0].adapters.ensure(AdapterRef(name, Path(folder), "base", "1.0.0"))
+        one_token(kept[0], name)
+    for index, folder in enumerate(copies):
+        kept.append(LoadedModel.load(f"copy{index}", Path(folder), RuntimeSettings()))
+        one_token(kept[-1])
+    return rss_mib() - before
+
+
+def adapter_memory(base: Path, adapters: dict[str, Path], work: Path) -> dict[str, float]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from edge_agent.runtime.pool import estimate_bytes
+    from hub.registry import synthetic
+
+    warm = str(synthetic.build(synthetic.RECIPES["tiny"]))
+    copies = []
+    for index in range(3):  # separate folders: nothing can be shared between the loads
+        copies.append(str(shutil.copytree(base, work / f"copy{index}")))
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
+        with_adapters = pool.submit(
+            _rss_loaded, warm, str(base), [str(p) for p in adapters.values()], []
+        ).result()
+    with ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
+        full = pool.submit(_rss_loaded, warm, str(base), [], copies).result()
+    adapter_files = sum((p / "adapter.onnx_adapter").stat().st_size for p in adapters.values())
+    return {
+        "rss_base_with_adapters_mib": with_adapters,
+        "rss_four_models_mib": full,
+        "pool_base_with_adapters": estimate_bytes(base) + adapter_files,
+        "pool_four_models": 4 * estimate_bytes(base),
+    }
+
+
+def adapter_switch(base: Path, adapters: dict[str, Path], repeats: int) -> dict[str, float]:
+    """Milliseconds per short greedy request: rotating adapters, one adapter, the bare base."""
+    from edge_agent.runtime import LoadedModel, RuntimeSettings, SamplingParams
+    from edge_agent.runtime.adapters import AdapterRef
+
+    model = LoadedModel.load("base", base, RuntimeSettings())
+    for name, folder in adapters.items():
+        model.adapters.ensure(AdapterRef(name, folder, "base", "1.0.0"))
+    prompt = model.encode("Summarise the clause: the tenant pays the rent monthly.")
+    names = list(adapters)
+
+    def request(adapter: str | None) -> float:
+        params = SamplingParams(max_tokens=8, temperature=0, adapter=adapter, ignore_eos=True)
+        started = time.perf_counter()
+        generator = model.new_generator([prompt], params, len(prompt) + 8)
+        while not generator.is_done():
+            generator.generate_next_token()
+        return (time.perf_counter() - started) * 1000
+
+    times: dict[str, list[float]] = {"rotating": [], "one_adapter": [], "base": []}
+    for index in range(10 * repeats + 3):  # interleaved, so drift hits all three alike
+        rotating = request(names[index % len(names)])
+        one = request(names[0])
+        bare = request(None)
+        if index >= 3:  # warm-up
+            times["rotating"].append(rotating)
+            times["one_adapter"].append(one)
+            times["base"].append(bare)
+    return {kind: median(values) for kind, values in times.items()}
+
+
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         loads = on_demand(args.model, Path(tmp))
         embed = embeddings(args.encoder, args.repeats, Path(tmp))
+        base, adapters, release_bytes = adapter_release(args.model, Path(tmp) / "lora")
+        memory = adapter_memory(base, adapters, Path(tmp) / "lora")
+        switch = adapter_switch(base, adapters, args.repeats)
     ratio = embed["api"] / embed["raw"]
+    memory_ratio = memory["rss_base_with_adapters_mib"] / memory["rss_four_models_mib"]
+    switch_ms = switch["rotating"] - switch["one_adapter"]
+    bytes_ratio = release_bytes[ADAPTER_NAMES[0]] / release_bytes["base"]
     return {
         "benchmark": "models",
         "model": args.model,
@@ -205,6 +330,25 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "embeddings_raw_batched_inputs_per_s": figure(embed["raw_batched"]),
             "embeddings_api_vs_raw": figure(ratio, f">= {TARGET_RATIO}", ratio >= TARGET_RATIO),
             "encoder_model_mib": figure(embed["model_mib"]),
+            "rss_base_plus_3_adapters_mib": figure(memory["rss_base_with_adapters_mib"]),
+            "rss_4_full_models_mib": figure(memory["rss_four_models_mib"]),
+            "adapters_memory_vs_full_models": figure(
+                memory_ratio,
+                f"<= {ADAPTER_MEMORY_TARGET}",
+                memory_ratio <= ADAPTER_MEMORY_TARGET,
+            ),
+            "pool_accounting_adapters_vs_full_models": figure(
+                memory["pool_base_with_adapters"] / memory["pool_four_models"]
+            ),
+            "request_ms_rotating_adapters": figure(switch["rotating"]),
+            "request_ms_one_adapter": figure(switch["one_adapter"]),
+            "request_ms_bare_base": figure(switch["base"]),
+            "adapter_switch_ms": figure(
+                switch_ms, f"< {SWITCH_TARGET_MS}", switch_ms < SWITCH_TARGET_MS
+            ),
+            "adapter_release_bytes": figure(release_bytes[ADAPTER_NAMES[0]]),
+            "base_release_bytes": figure(release_bytes["base"]),
+            "adapter_vs_base_release_bytes": figure(bytes_ratio),
         },
     }
 
