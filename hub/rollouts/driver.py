@@ -9,8 +9,10 @@ A step of a rollout:
                       then -> waiting_gate once every device has it
     waiting_gate      evaluate the wave's gates; pass -> next wave or completed; fail ->
                       paused (or rolled back: on_failure = rollback); inconclusive -> paused
-Devices that join the target meanwhile join the last wave. Signing happens outside the
-rollout's lock (it takes the devices' lock itself), then the result is recorded under it.
+Devices that join the target meanwhile join the wave being notified, else the next one;
+once a rollout completed, its target's latecomers get its release (hub.rollouts.latecomers).
+Signing happens outside the rollout's lock (it takes the devices' lock itself), then the
+result is recorded under it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from edge_agent.protocol.window import WindowError
 from hub.db import session
 from hub.fleet import desired
 from hub.fleet.models import Device
-from hub.rollouts import audit, store
+from hub.rollouts import audit, latecomers, store
 from hub.rollouts.gates import GateValue, Verdict, decide, health_gates, install_gates
 from hub.rollouts.health import HealthQuery, aggregate
 from hub.rollouts.machine import FINAL, Event, State
@@ -60,6 +62,10 @@ class Driver:
                 self.step(rollout.id)
             except Exception:
                 log.exception("rollout %s: the step failed; the next one tries again", rollout.id)
+        try:
+            latecomers.bring_on(self.engine, self.key, self.releases, self.clock())
+        except Exception:
+            log.exception("devices that joined completed rollouts' targets: the next step retries")
 
     def step(self, rollout_id: int) -> State:
         at = self.clock()
@@ -71,7 +77,7 @@ class Driver:
             if state is State.CREATED:
                 state = store.transition(db, rollout, Event.START, HUB)
             spec = store.spec_of(rollout)
-            self._pick_up_joiners(db, rollout, spec)
+            self._pick_up_joiners(db, rollout, spec, state)
             wave = _wave(db, rollout)
             if wave.opened_at is None:
                 if spec.approval_required and wave.approved_by is None:
@@ -174,9 +180,12 @@ class Driver:
             store.mark_notified(db, rollout.id, device_ids, at)
         return True
 
-    def _pick_up_joiners(self, db: Session, rollout: Rollout, spec: RolloutSpec) -> None:
-        """Devices that joined the target since: into the last wave, drawn after the rest.
-        A device in another active rollout of the model stays there."""
+    def _pick_up_joiners(
+        self, db: Session, rollout: Rollout, spec: RolloutSpec, state: State
+    ) -> None:
+        """Devices that joined the target since, drawn after the rest: into the current
+        wave while it is being notified, else into the next one (the last wave once it is
+        the current one). A device in another active rollout of the model stays there."""
         assert rollout.id is not None
         # Only target devices that are not members yet, found in SQL: loading every device
         # and member each step cost 0.5 s at 10,000 devices.
@@ -198,26 +207,23 @@ class Driver:
         joiners = [d for d in joiners if d not in busy]
         if not joiners:
             return
-        last = db.exec(
-            select(RolloutWave)
-            .where(col(RolloutWave.rollout_id) == rollout.id)
-            .order_by(col(RolloutWave.number).desc())
-        ).first()
-        assert last is not None
+        joined = _wave(db, rollout)
+        if state is not State.RUNNING:  # the current wave's gates are being judged
+            joined = db.get(RolloutWave, (rollout.id, rollout.wave + 1)) or joined
         position = store.member_count(db, rollout.id)
         previous = store.previous_versions(db, joiners, rollout.model)
         for offset, device_id in enumerate(joiners):
             db.add(
                 RolloutDevice(
-                    rollout_id=rollout.id, device_id=device_id, wave=last.number,
+                    rollout_id=rollout.id, device_id=device_id, wave=joined.number,
                     position=position + offset, previous_version=previous[device_id],
                 )
             )  # fmt: skip
-        last.size += len(joiners)
-        db.add(last)
+        joined.size += len(joiners)
+        db.add(joined)
         audit.record(
             db, HUB, "devices_joined", store.object_name(rollout.id),
-            details={"wave": last.number, "devices": joiners[:100], "count": len(joiners)},
+            details={"wave": joined.number, "devices": joiners[:100], "count": len(joiners)},
         )  # fmt: skip
 
     # --- gates -------------------------------------------------------------------------

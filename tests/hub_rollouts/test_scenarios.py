@@ -19,6 +19,7 @@ from sqlmodel import col, select
 
 from hub.broker import BrokerMissing
 from hub.db import make_engine, session
+from hub.fleet import registry
 from hub.rollouts import actions, audit, store
 from hub.rollouts.driver import Driver
 from hub.rollouts.health import telemetry_query
@@ -340,3 +341,51 @@ def test_a_maintenance_window_holds_activation_on_the_device(scene: Scene) -> No
     shown = describe(scene.hub.engine, rollout)
     assert shown["window"]["next_open"].startswith(datetime.now(UTC).date().isoformat()[:4])
     assert "no install result yet" in shown["waiting_for"]
+
+
+def _join(scene: Scene, count: int, *, start: int, group: str | None = "lab") -> list[str]:
+    """New simulated devices, running 1.0.0, enrolled (into `group`) and online."""
+    enrolled = scene.hub.enroll(count, group=group, start=start)
+    ids = [e.device_id for e in enrolled]
+    scene.fleet.add(enrolled, active={"chat": "1.0.0"})
+    scene.fleet.connect(ids)
+    return ids
+
+
+def test_devices_that_join_during_a_rollout_go_into_the_next_wave(scene: Scene) -> None:
+    rollout = scene.create(wave_counts=[5, 20, 25], wave_percent=None)
+    scene.run_until(rollout, lambda s: s is State.WAITING_GATE)
+    joined = _join(scene, 2, start=DEVICES)
+    scene.tick(rollout)
+    assert set(joined) <= set(scene.wave(rollout, 1))
+    assert all(scene.active()[d] == "1.0.0" for d in joined)  # not before their wave opens
+    scene.run_until(rollout, lambda s: s is State.COMPLETED)
+    scene.fleet.wait_until(
+        lambda: all(scene.active()[d] == "2.0.0" for d in joined), 30, "joiners installed"
+    )
+
+
+def test_devices_that_join_after_completion_get_the_release_it_made_current(
+    scene: Scene,
+) -> None:
+    rollout = scene.create(wave_percent=[100])
+    scene.run_until(rollout, lambda s: s is State.COMPLETED)
+    enrolled = _join(scene, 1, start=DEVICES)  # enrolled into the group later
+    moved = _join(scene, 1, start=DEVICES + 1, group=None)  # put into it later
+    registry.add_to_group(scene.hub.engine, "lab", moved[0])
+    outside = _join(scene, 1, start=DEVICES + 2, group=None)  # never in the target
+    scene.driver.step_all()
+    scene.hub.publish_pending()
+    late = enrolled + moved
+    scene.fleet.wait_until(
+        lambda: all(scene.active()[d] == "2.0.0" for d in late), 30, "latecomers installed"
+    )
+    assert scene.active()[outside[0]] == "1.0.0"
+    entry = audit.entries(scene.hub.engine, store.object_name(rollout))[-1]
+    assert entry.action == "devices_joined" and sorted(entry.details["devices"]) == sorted(late)
+    # Idempotent: the next steps find nobody new and sign nothing.
+    sequences = {d: scene.fleet.devices[d].last_sequence for d in late}
+    for _ in range(3):
+        scene.driver.step_all()
+    assert scene.hub.publish_pending() == 0
+    assert {d: scene.fleet.devices[d].last_sequence for d in late} == sequences
