@@ -5,7 +5,9 @@ on SQLite and on PostgreSQL (a private server, as the tests start one). Each pag
 query count is counted with a SQLAlchemy event: it must not grow with the fleet (no N+1).
 
 Figures: p95 per page and backend (target < 200 ms), the worst page per backend, queries per
-page. One JSON line at the end (bench/common.py).
+page, and the first (uncached) request of the telemetry pages (target < 200 ms: a year is
+read from the daily summary, rolled up after the fill as the hub's hourly job does). One
+JSON line at the end (bench/common.py).
 
     .venv/bin/python bench/console.py [--devices 10000] [--releases 50] [--rollouts 200]
         [--days 365] [--requests 20] [--backends sqlite,postgres]
@@ -35,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, event, func, insert
+from sqlmodel import select
 from starlette.applications import Starlette
 
 from hub import db
@@ -49,8 +52,10 @@ from hub.registry.repository import ReleaseRepository
 from hub.rollouts import actions, store
 from hub.rollouts.api import RolloutDesk, api_mount
 from hub.rollouts.auth import Role
+from hub.rollouts.models import AuditEntry
 from hub.rollouts.releases import repository_check
 from hub.rollouts.spec import RolloutSpec
+from hub.telemetry import rollup
 from hub.telemetry.models import COUNTERS, ERROR_COLUMNS, HISTOGRAMS, OUTCOME_COLUMNS, TELEMETRY
 from tests.conftest import ServerThread
 from tests.postgres import PrivatePostgres
@@ -59,6 +64,9 @@ TARGET_MS = 200.0
 MODELS = ("chat", "summarise", "classify", "embed", "translate")
 GROUPS = 10
 PASSWORD = "bench password, long enough"
+# Pages whose first request is timed against the target too: the telemetry cache hides
+# nothing there.
+FIRST_TARGETED = ("telemetry_7d", "telemetry_30d", "telemetry_365d")
 PSEUDONYMS_PER_CELL = 6  # >= k = 5: every cell shown, the most work for the query
 
 
@@ -249,6 +257,9 @@ def console_server(engine: Engine, repository: ReleaseRepository) -> Iterator[st
 def pages(engine: Engine, versions: dict[str, list[str]], devices: int) -> dict[str, str]:
     rollouts = store.list_rollouts(engine)
     some = rollouts[len(rollouts) // 2].id
+    with db.session(engine) as session:
+        first = session.exec(select(func.min(AuditEntry.id))).one()
+    oldest_page = (first or 0) + 20  # the last page of the log, by its cursor
     return {
         "fleet": "/console/",
         "fleet_page_100": "/console/?page_number=100",
@@ -261,8 +272,11 @@ def pages(engine: Engine, versions: dict[str, list[str]], devices: int) -> dict[
         "releases": "/console/releases",
         "release": f"/console/releases/chat/{versions['chat'][-1]}",
         "telemetry_7d": "/console/telemetry?model=chat&days=7",
+        "telemetry_30d": "/console/telemetry?model=chat&days=30",
         "telemetry_365d": "/console/telemetry?model=chat&days=365",
         "audit": "/console/audit",
+        "audit_oldest": f"/console/audit?before={oldest_page}",
+        "audit_filtered": "/console/audit?actor=olga&action=pause",
         "audit_csv": "/console/audit.csv",
         "api_rollouts": "/api/v1/rollouts",
         "api_rollout": f"/api/v1/rollouts/{some}",
@@ -321,6 +335,9 @@ def run_backend(
         fill(engine, args.devices, versions, args.rollouts, args.days)
         accounts.add_user(engine, "vera", Role.VIEWER, PASSWORD)
         print(f"{name}: filled in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        days = rollup.roll_up(engine, datetime.now(UTC))  # the hub's hourly job, first run
+        print(f"{name}: {len(days)} days rolled up in {time.perf_counter() - started:.1f} s")
         with console_server(engine, repository) as server:
             return measure(server, engine, versions, args.requests, args.devices)
     finally:
@@ -368,7 +385,12 @@ def main() -> None:
         )
         for page, values in found.items():
             figures[f"{backend}_{page}_p95_ms"] = figure(values["p95_ms"])
-            figures[f"{backend}_{page}_first_ms"] = figure(values["cold_ms"])
+            if page in FIRST_TARGETED:
+                figures[f"{backend}_{page}_first_ms"] = figure(
+                    values["cold_ms"], f"< {TARGET_MS:.0f} ms", values["cold_ms"] < TARGET_MS
+                )
+            else:
+                figures[f"{backend}_{page}_first_ms"] = figure(values["cold_ms"])
             figures[f"{backend}_{page}_queries"] = figure(values["queries"])
     report(
         {

@@ -211,7 +211,8 @@ def aggregate(
     t = TELEMETRY
     # The agent's own report (restarts, crashes) of the same device and window: a crash is
     # counted against every release the device reported in that window.
-    agent_conditions: list[ColumnElement[bool]] = [t.c.model.is_(None)]
+    # (version too is None in every agent report: with it the index finds their hours.)
+    agent_conditions: list[ColumnElement[bool]] = [t.c.model.is_(None), t.c.version.is_(None)]
     if hours is not None:
         # The same span on the agent's side: only those windows can join, and without it
         # every query would add up the agent reports of all time.
@@ -282,7 +283,6 @@ def _day_cells(
     model: str,
     version: str | None,
     first_day: int | None,
-    conditions: Sequence[ColumnElement[bool]],
 ) -> CompoundSelect[Any]:
     """Day cells: the summary's rows for its fresh days, and the raw reports' day cells for
     every other day from `first_day` on. One query finds the fresh days first, so the raw
@@ -310,6 +310,13 @@ def _day_cells(
         summarised = summarised.where(d.c.version == version)
     if first_day is not None:
         summarised = summarised.where(d.c.day >= first_day)
+    t = TELEMETRY
+    # The raw part is a few hours (today's, a reopened day's): found by the window_hour
+    # index. `model || ''` keeps the planner off the (model, ...) index, which would walk
+    # every report of the model's releases for a handful of hours.
+    conditions = [t.c.model.concat("") == model]
+    if version is not None:
+        conditions.append(t.c.version == version)
     raw = aggregate(Bucket.DAY, conditions, _raw_hours(fresh, first_day))
     return union_all(summarised, raw)
 
@@ -340,7 +347,7 @@ def release_health(
     with engine.connect() as connection:
         if bucket is Bucket.DAY:
             first_day = None if first_hour is None else first_hour // 24
-            statement = _day_cells(connection, model, version, first_day, conditions)
+            statement = _day_cells(connection, model, version, first_day)
         else:
             hours = None if first_hour is None else t.c.window_hour >= first_hour
             statement = aggregate(bucket, conditions, hours)
