@@ -320,3 +320,42 @@ def test_devices_that_join_the_target_are_picked_up(
     registry.enroll(engine, "box-new", group="shop")
     d.step(rollout.id)
     assert desired_version(engine, "box-new") == "2.0.0"
+
+
+def _everything(engine: Engine) -> dict[str, object]:
+    """Every row the driver could write: rollouts, waves, members, gates, audit, desired."""
+    from sqlalchemy import text
+
+    tables = [
+        "rollouts", "rollout_waves", "rollout_devices", "rollout_gates",
+        "audit_log", "desired_states",
+    ]  # fmt: skip
+    with engine.connect() as connection:
+        return {
+            t: sorted(map(repr, connection.execute(text(f"SELECT * FROM {t}")).all()))
+            for t in tables
+        }
+
+
+def test_steps_that_find_nothing_changed_write_nothing(
+    engine: Engine, fleet: list[str], key: Ed25519PrivateKey
+) -> None:
+    """The periodic step is idempotent: waiting for a soak, and after completion."""
+    on_old_release(engine, key, fleet)
+    clock = Clock()
+    rollout = store.create(engine, make_spec(wave_percent=[100]), "alice", releases)
+    assert rollout.id is not None
+    d = driver(engine, key, clock)
+    run_wave(engine, d, clock, rollout.id, 0)
+    assert d.step(rollout.id) is State.WAITING_GATE
+    before = _everything(engine)
+    for _ in range(3):
+        d.step_all()
+    assert _everything(engine) == before
+    clock.advance(seconds=61)
+    d.step_all()
+    assert store.get(engine, rollout.id).state == State.COMPLETED
+    before = _everything(engine)
+    for _ in range(3):
+        d.step_all()
+    assert _everything(engine) == before
