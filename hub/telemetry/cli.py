@@ -89,6 +89,18 @@ def report(
         _table(cells)
 
 
+@app.command("rollup")
+def rollup_command() -> None:
+    """Roll closed days up into the daily summary now (`edge-hub serve` does it hourly):
+    for a hub database filled while no hub served it. Safe to repeat."""
+    from hub import cli as hub_cli
+    from hub.telemetry import rollup
+
+    with hub_cli._database() as engine:
+        days = rollup.roll_up(engine, datetime.now(UTC))
+    typer.echo(f"rolled up {len(days)} day(s) of telemetry" if days else "the summary is fresh")
+
+
 def _number(value: float | None, scale: float = 1.0, digits: int = 0) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 

@@ -1,4 +1,5 @@
-"""`edge-hub telemetry report`: a table or JSON, suppressed cells shown as such."""
+"""`edge-hub telemetry report`: a table or JSON, suppressed cells shown as such; `edge-hub
+telemetry rollup`: the daily summary filled on demand."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import typer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from hub.cli import app
 from hub.telemetry.cli import parse_since
+from hub.telemetry.models import TELEMETRY_DAILY
 from tests.hub_telemetry.helpers import T0, busy, store_all
 
 runner = CliRunner()
@@ -72,3 +74,18 @@ def test_the_table_shows_rejections(engine: Engine, database_url: str) -> None:
     row = next(line for line in output.splitlines() if "2030-01-08 00:00" in line)
     cells = [c.strip() for c in row.split("│")]
     assert cells[5:7] == ["10 (2.0%)", "35"], cells
+
+
+def test_rollup_summarises_closed_days_once(engine: Engine, database_url: str) -> None:
+    # Four years before T0 (2030): a closed day now. The job's clock is the real one.
+    store_all(engine, [busy(d, hour=-4 * 365 * 24) for d in range(5)])
+    env = {"EDGE_HUB__DATABASE__URL": database_url}
+    first = runner.invoke(app, ["telemetry", "rollup"], env=env)
+    assert first.exit_code == 0, first.output
+    # Every day from the report's to yesterday (the empty ones too, so none is read again).
+    assert first.output.startswith("rolled up ")
+    with engine.connect() as connection:
+        rows = connection.execute(select(TELEMETRY_DAILY.c.version, TELEMETRY_DAILY.c.devices))
+        assert rows.all() == [("1.0.0", 5)]
+    again = runner.invoke(app, ["telemetry", "rollup"], env=env)
+    assert again.output.strip() == "the summary is fresh"
