@@ -95,8 +95,12 @@ def audit_page(
     found = found[:rows]
     if after is not None:
         found.reverse()  # read oldest first to find the page; shown newest first
-    if not found:
-        return AuditPage([], None, None)
+    if not found:  # past either end: a link back to where entries are
+        return AuditPage(
+            [],
+            None if after is None else after + 1,
+            None if before is None else before - 1,
+        )
     first, last = found[0].id, found[-1].id
     # Older entries exist when this page was cut short going back, or when it came from
     # `after` (the cursor's own entry is older); newer ones likewise.

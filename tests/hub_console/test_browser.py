@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from hub.console.history import EXPORT_BATCH_ROWS, PAGE_ROWS, AuditFilter, audit_export
+from hub.console.history import EXPORT_BATCH_ROWS, PAGE_ROWS, AuditFilter, audit_export, audit_page
 from hub.db import session
 from hub.rollouts import audit
 from tests.hub_console.conftest import Console, check_page, log_in, make_rollout, pause_in_page
@@ -113,3 +113,10 @@ def test_the_audit_export_streams_the_whole_log_in_batches(console: Console) -> 
     _write_audit(console.engine, EXPORT_BATCH_ROWS + 7)
     rows = list(audit_export(console.engine, AuditFilter()))
     assert [e.reason for e in rows] == [f"entry {n}" for n in range(EXPORT_BATCH_ROWS + 6, -1, -1)]
+    # Past the oldest entry: an empty page that links back to it.
+    oldest = rows[-1].id
+    assert oldest is not None
+    past = audit_page(console.engine, AuditFilter(), before=oldest)
+    assert (past.rows, past.older_than, past.newer_than) == ([], None, oldest - 1)
+    back = audit_page(console.engine, AuditFilter(), after=past.newer_than)
+    assert back.rows[-1].id == oldest and back.newer_than == back.rows[0].id
