@@ -47,6 +47,8 @@ def format_table(body: dict[str, Any]) -> list[str]:
             f"{row['model']:<24} {row['memory_bytes'] / 2**20:>7.0f} MiB "
             f"{row['idle_seconds']:>7.0f}s {until:>11}  {state}"
         )
+        for adapter, size in sorted(row.get("adapters", {}).items()):  # LoRA, on this base
+            lines.append(f"  + {adapter:<20} {size / 2**20:>7.1f} MiB  adapter")
     used, budget = body["memory_used_bytes"], body["memory_budget_bytes"]
     lines.append(f"memory: {used / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget")
     return lines

@@ -53,6 +53,7 @@ def create_app(
     if pool is None:
         pool = ModelPool(discover=dict, make_service=_no_other_models)
     encoders = encoders or Encoders(discover=dict)
+    encoders.budget = pool  # encoders and generation models share one memory budget
     arrivals = Arrivals()
 
     def make_arrivals(service: ModelService) -> ModelService:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -125,12 +126,22 @@ class Encoder:
         return vector
 
 
+class MemoryBudget(Protocol):
+    """Where a loaded encoder's memory is counted (the model pool's budget)."""
+
+    def reserve(self, name: str, folder: Path) -> None: ...
+
+    def unreserve(self, name: str) -> None: ...
+
+
 class Encoders:
-    """The installed encoders, each loaded on first use and kept (they are small)."""
+    """The installed encoders, each loaded on first use and kept (they are small), counted
+    in `budget` when one is given."""
 
     def __init__(self, discover: Callable[[], dict[str, Path]], threads: int = 0) -> None:
         self.discover = discover
         self.threads = threads
+        self.budget: MemoryBudget | None = None
         self._loaded: dict[str, Encoder] = {}
         self._lock = threading.Lock()
 
@@ -145,5 +156,12 @@ class Encoders:
             folder = self.known().get(name)
             if folder is None:
                 return None
-            self._loaded[name] = Encoder(name, folder, self.threads)
+            if self.budget is not None:
+                self.budget.reserve(name, folder)  # NotReady when it does not fit
+            try:
+                self._loaded[name] = Encoder(name, folder, self.threads)
+            except BaseException:
+                if self.budget is not None:
+                    self.budget.unreserve(name)
+                raise
             return self._loaded[name]

@@ -139,6 +139,8 @@ class ModelPool:
         self._loading: dict[str, tuple[threading.Event, int]] = {}  # name -> (done, bytes)
         self._failed: dict[str, tuple[float, str]] = {}  # name -> (when, why)
         self._pinned: dict[str, ModelService] = {}
+        # Loaded outside the pool and kept (embeddings encoders): name -> bytes.
+        self._resident: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -174,7 +176,22 @@ class ModelPool:
 
     def _used_locked(self) -> int:
         loading = sum(size for _done, size in self._loading.values())
-        return sum(slot.total_bytes for slot in self._slots.values()) + loading
+        resident = sum(self._resident.values())
+        return sum(slot.total_bytes for slot in self._slots.values()) + loading + resident
+
+    def reserve(self, name: str, folder: Path) -> None:
+        """Count a model loaded outside the pool (an embeddings encoder, kept once loaded)
+        in the budget: idle models unload to make room; NotReady (503) when none can."""
+        size = estimate_bytes(folder)
+        with self._lock:
+            if name not in self._resident:
+                self._make_room_locked(size, name)
+                self._resident[name] = size
+
+    def unreserve(self, name: str) -> None:
+        """The model `reserve` counted did not load after all."""
+        with self._lock:
+            self._resident.pop(name, None)
 
     # --- serving ------------------------------------------------------------------------
 

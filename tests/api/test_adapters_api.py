@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent.api import create_app
 from edge_agent.config import ApiConfig
+from edge_agent.ps import format_table
 from edge_agent.runtime import RuntimeSettings, SchedulerLimits
 from edge_agent.runtime.adapters import ADAPTER_CONFIG, ADAPTER_FILE, AdapterRef, read_adapter
 from edge_agent.runtime.pool import ModelPool, estimate_bytes
@@ -115,7 +116,10 @@ def test_two_adapters_of_one_base_and_another_model_answer_concurrently(
         assert answers[(model, 0)] == answers[(model, 1)] == alone[model]
     assert answers[("other", 0)] == alone["tiny"]  # the same weights without branches
     assert pool.loads == 2  # tiny and other: the base never reloaded for an adapter
-    rows = {row["model"]: row for row in httpx.get(f"{server.url}/v1/ps").json()["data"]}
+    ps = httpx.get(f"{server.url}/v1/ps").json()
+    rows = {row["model"]: row for row in ps["data"]}
+    table = format_table(ps)  # edge-agent ps: the adapters under their base
+    assert [line.split()[:2] for line in table[3:5]] == [["+", "contracts-fr"], ["+", "triage-en"]]
     assert sorted(rows) == ["other", "tiny"]
     adapter_files = {
         name: (Path(pool.adapter(name).folder) / ADAPTER_FILE).stat().st_size  # type: ignore[union-attr]

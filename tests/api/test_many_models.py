@@ -16,9 +16,11 @@ import pytest
 from edge_agent.api import create_app
 from edge_agent.config import ApiConfig
 from edge_agent.models import installed_models
-from edge_agent.runtime import RuntimeSettings, SchedulerLimits
+from edge_agent.runtime import Event, Finished, RuntimeSettings, SamplingParams, SchedulerLimits
+from edge_agent.runtime.encoder import Encoders
 from edge_agent.runtime.pool import ModelPool, estimate_bytes
 from edge_agent.runtime.service import ModelService
+from hub.registry import synthetic_encoder
 from tests.conftest import ServerThread
 
 Start = Callable[..., ServerThread]
@@ -141,32 +143,52 @@ def test_a_small_budget_evicts_the_least_recently_used(start: Start, models_dir:
     assert "edge_agent_model_unloads_total 2.0" in httpx.get(f"{server.url}/metrics").text
 
 
+class HeldConsumer:
+    """A consumer that takes nothing until let go: the decode thread waits in `put`, so
+    its model stays busy generating for exactly as long as the test needs (a streaming
+    client could not: the tiny model finishes a long answer before the next request)."""
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+        self.finished = threading.Event()  # its model is idle again from here
+
+    def put(self, event: Event) -> None:
+        self.let_go.wait(60)
+        if isinstance(event, Finished):
+            self.finished.set()
+
+    def wait_taken(self, timeout_seconds: float) -> None:
+        return
+
+
 def test_no_room_while_the_loaded_model_is_busy_is_503_with_retry_after(
     start: Start, models_dir: Path
 ) -> None:
     server = start(budget_bytes=int(estimate_bytes(models_dir / "alpha") * 1.5))
-    client = _client(server)
-    stream = client.chat.completions.create(
-        model="alpha",
-        messages=[{"role": "user", "content": "go on"}],
-        max_tokens=1500,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    next(iter(stream))  # alpha is generating now
+    pool: ModelPool = server.app.state.pool
+    alpha = pool.acquire("alpha")
+    consumer = HeldConsumer()
+    try:
+        model, _ = alpha.require()
+        params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+        alpha.submit(model.encode("go on"), params, consumer)
+    finally:
+        pool.release(alpha)  # queued: from here only its generation keeps alpha busy
     try:
         reply = httpx.post(
             f"{server.url}/v1/chat/completions",
             json={"model": "beta", "messages": [{"role": "user", "content": "hi"}]},
             timeout=30,
         )
+        assert _loaded(server) == ["alpha"]  # the busy model was not unloaded under it
     finally:
-        stream.close()
+        consumer.let_go.set()
     assert reply.status_code == 503, reply.text
     assert reply.headers["retry-after"] == "7"
     assert "does not fit the memory budget" in reply.json()["error"]["message"]
-    assert _loaded(server) == ["alpha"]  # the busy model was not unloaded under its stream
+    assert consumer.finished.wait(30)
+    _ask(_client(server), "beta")  # alpha is idle now: it makes room
+    assert _loaded(server) == ["beta"]
 
 
 def test_a_model_that_fails_to_load_does_not_disturb_the_others(start: Start) -> None:
@@ -245,3 +267,27 @@ def test_edge_agent_ps_shows_what_is_loaded(start: Start) -> None:
     assert lines[-1].startswith("memory: ")
     unreachable = CliRunner().invoke(app, ["ps", "--url", "http://127.0.0.1:9"])
     assert unreachable.exit_code != 0 and "no agent answers" in unreachable.output
+
+
+def test_an_embeddings_encoder_counts_in_the_memory_budget(models_dir: Path) -> None:
+    encoder = synthetic_encoder.build()
+    alpha = estimate_bytes(models_dir / "alpha")
+    pool = ModelPool(
+        discover=lambda: {"alpha": models_dir / "alpha"},
+        make_service=_service,
+        budget_bytes=alpha + estimate_bytes(encoder) - 1,  # either fits, not both
+        retry_after_seconds=7,
+    )
+    encoders = Encoders(lambda: {"minilm": encoder})
+    with ServerThread(create_app(ApiConfig(), [], pool=pool, encoders=encoders)) as server:
+        client = _client(server)
+        _ask(client, "alpha")
+        client.embeddings.create(model="minilm", input="a clause")
+        assert _loaded(server) == []  # the idle model made room for the encoder
+        assert httpx.get(f"{server.url}/v1/ps").json()["memory_used_bytes"] == (
+            estimate_bytes(encoder)
+        )
+        with pytest.raises(openai.APIStatusError) as refused:
+            _ask(client, "alpha")  # the encoder stays loaded: no room beside it
+        assert refused.value.status_code == 503
+        assert "does not fit the memory budget" in refused.value.message
