@@ -19,6 +19,8 @@ from hub.registry import synthetic, synthetic_adapter
 from hub.registry.adapter_convert import convert_adapter
 from hub.registry.adapter_import import import_adapter
 from hub.registry.errors import ReleaseRefused
+from hub.registry.importer import import_release
+from hub.registry.lora_base import parse_targets
 from hub.registry.repository import ReleaseRepository
 
 
@@ -176,3 +178,13 @@ def test_a_folder_that_is_no_peft_adapter_is_refused(
         "tiny@1.0.0",
         r"no adapter_config\.json; pass a PEFT adapter folder",
     )
+
+
+def test_adapter_targets_are_checked_before_any_conversion(
+    repo: ReleaseRepository, tiny_model_dir: Path
+) -> None:
+    assert parse_targets(" v_proj,q_proj ,") == ("q_proj", "v_proj")
+    with pytest.raises(ReleaseRefused, match=r"^adapter targets 'lm_head': lm_head not supported"):
+        parse_targets("lm_head")
+    with pytest.raises(ReleaseRefused, match="--adapter-targets applies when converting"):
+        import_release(repo, tiny_model_dir, "tiny", "1.0.0", adapter_targets=("q_proj",))
