@@ -33,7 +33,9 @@ TARGET_BLOCKS = {
 }
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's file name
-RANK_DIM = "lora_rank"  # the inputs' symbolic dimension: any adapter rank fits
+# Each input's rank is its own symbolic dimension: an adapter may leave some inputs at their
+# rank-1 zero defaults, and onnxruntime plans buffers as if one name meant one size.
+RANK_DIM = "lora_rank_{}"
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -119,13 +121,19 @@ def expose_lora_inputs(model_dir: Path) -> dict[str, list[int]]:
     for init in model.graph.initializer:
         if ".lora_A." not in init.name and ".lora_B." not in init.name:
             continue
+        rank = RANK_DIM.format(len(shapes))
         rows, cols = (int(d) for d in init.dims)
         is_a = ".lora_A." in init.name
-        shape: list[int | str] = [rows, RANK_DIM] if is_a else [RANK_DIM, cols]
+        shape: list[int | str] = [rows, rank] if is_a else [rank, cols]
         model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, shape))
         shapes[init.name] = [rows, 0] if is_a else [0, cols]
     if not shapes:
         raise ReleaseRefused(f"{graph_path}: the builder made no LoRA branches")
+    # The builder recorded the template's rank in the shapes of the weights and of the
+    # A products; left there, they would pin every adapter to rank 1.
+    kept = [v for v in model.graph.value_info if v.name not in shapes and "/lora_A/" not in v.name]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
     (model_dir / data_name).unlink()
     graph_path.unlink()
     onnx.save(model, str(graph_path), save_as_external_data=True, location=data_name)

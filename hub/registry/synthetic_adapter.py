@@ -18,7 +18,7 @@ from hub.registry.convert import convert_hf_folder
 from hub.registry.lora_base import DEFAULT_TARGETS, write_peft_adapter
 from hub.registry.synthetic import Recipe, build_cached, default_cache_dir, recipe_digest
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # 2: each LoRA input has its own rank dimension
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from hub.registry.adapter_convert import convert_adapter
 from hub.registry.adapter_import import import_adapter
 from hub.registry.errors import ReleaseRefused
 from hub.registry.importer import import_release
-from hub.registry.lora_base import parse_targets
+from hub.registry.lora_base import TARGET_BLOCKS, parse_targets
 from hub.registry.repository import ReleaseRepository
 
 
@@ -188,3 +188,21 @@ def test_adapter_targets_are_checked_before_any_conversion(
         parse_targets("lm_head")
     with pytest.raises(ReleaseRefused, match="--adapter-targets applies when converting"):
         import_release(repo, tiny_model_dir, "tiny", "1.0.0", adapter_targets=("q_proj",))
+
+
+def test_an_adapter_on_some_of_the_base_projections_imports(repo: ReleaseRepository) -> None:
+    # A base with branches on every projection; the adapter fills some of them, the others
+    # keep their rank-1 zero defaults beside its rank-4 matrices (one rank dimension for
+    # all inputs, or the template's rank left in the graph's shapes, failed here).
+    tiny = synthetic.RECIPES["tiny"]
+    every = tuple(sorted(TARGET_BLOCKS))
+    base = synthetic_adapter.build_base(
+        synthetic_adapter.AdapterBaseRecipe(model=tiny, targets=every)
+    )
+    repo.publish(base, "tiny", "1.0.0")
+    targets = ("down_proj", "gate_proj", "q_proj", "up_proj")
+    recipe = synthetic_adapter.AdapterRecipe(model=tiny, targets=targets)
+    manifest = import_adapter(
+        repo, synthetic_adapter.build_adapter(recipe), "tiny@1.0.0", "some", "1.0.0"
+    )
+    assert manifest.quantization["targets"] == list(targets)
