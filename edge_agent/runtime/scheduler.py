@@ -25,12 +25,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_agent.runtime.chat_glue import next_turn_glue
 from edge_agent.runtime.engine import LoadedModel
 from edge_agent.runtime.errors import ContextLengthExceeded, NotReady, Overloaded
 from edge_agent.runtime.prompt_cache import (
     CachedGenerator,
     Logits,
     PromptCache,
+    Tokens,
     cache_key,
     greedy_first_token,
     logits_row,
@@ -136,6 +138,8 @@ class _Sequence:
         self.done = False
         self.reason: FinishReason | None = None
         self.logprobs: list[TokenLogprob] = []  # not yet sent with a text delta
+        # The end-of-sequence token that ended it: the engine never appends that one.
+        self.eos_token: int | None = None
 
 
 class _Group:
@@ -177,6 +181,7 @@ class Scheduler:
         self._groups: list[_Group] = []
         self._active = 0
         self.prompt_cache = PromptCache(limits.prompt_cache_bytes, model.kv_bytes_per_token)
+        self._glue = next_turn_glue(model) if self.prompt_cache.enabled else []
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="edge-decode", daemon=True)
@@ -191,6 +196,12 @@ class Scheduler:
     @property
     def active_sequences(self) -> int:
         return self._active
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or decoding, and every finished generator kept: a request's
+        Finished event comes before its generator is kept (and fed the next turn's glue)."""
+        return not self._pending and not self._groups
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> Submission:
         self.model.check_guidance(params)
@@ -342,20 +353,39 @@ class Scheduler:
         self._groups.append(group)
 
     def _end_group(self, group: _Group) -> None:
-        """Drop a group whose sequences are all done, keeping its generator if it may be."""
-        self._groups.remove(group)
+        """Drop a group whose sequences are all done, keeping its generator if it may be.
+        The group leaves `_groups` last, so `idle` covers the keeping."""
+        try:
+            self._keep(group)
+        finally:
+            self._groups.remove(group)
+
+    def _keep(self, group: _Group) -> None:
         if group.keep is None or group.seqs[0].reason not in (
             FinishReason.STOP,
             FinishReason.LENGTH,
         ):
             return
         key, max_length = group.keep
+        if group.first is not None:  # ended before its first step: nothing to keep
+            return
         tokens = np.asarray(group.generator.get_sequence(0), dtype=np.int32)
-        if group.unfed is None and group.first is None:
+        if group.unfed is not None:
+            # An exact hit ended on its kept-logits token, which never reached the
+            # generator: it still holds the prompt alone, all of it computed.
+            last = group.unfed
+        elif group.seqs[0].eos_token is not None:
+            # The engine ends a sequence on its end-of-sequence token without appending
+            # it: every token it holds went through the model.
+            last = group.seqs[0].eos_token
+        else:
             # The last token was sampled but not yet fed through the model: no KV cache.
-            tokens = tokens[:-1]
-        # else an exact hit ended on its kept-logits token, which never reached the
-        # generator: it still holds the prompt alone, all of it computed.
+            tokens, last = tokens[:-1], int(tokens[-1])
+        if not group.seqs[0].sub.params.guided:  # a grammar would judge the glue
+            fed = self._prefeed(group, tokens, last, max_length)
+            if fed is None:
+                return
+            tokens = fed
         nbytes = self.prompt_cache.entry_bytes(max_length)
         if group.logits is not None:
             nbytes += group.logits.nbytes
@@ -363,6 +393,23 @@ class Scheduler:
             group.generator, key, max_length, tokens, nbytes, group.logits, group.logits_at
         )
         self.prompt_cache.put(entry)
+
+    def _prefeed(self, group: _Group, tokens: Tokens, last: int, max_length: int) -> Tokens | None:
+        """Feed a kept generator its answer's last token and the chat template's glue,
+        when nothing else waits: what a chat's next turn sends before its new message.
+        Returns the tokens the generator then holds; None: it failed, drop it."""
+        tail = [last, *self._glue]
+        if last in self.model.eos_token_ids and self._glue and self._glue[0] == last:
+            tail = list(self._glue)  # the answer ended on the template's end-of-turn token
+        busy = self._pending or any(other is not group for other in self._groups)
+        if busy or len(tokens) + len(tail) >= max_length:
+            return tokens
+        try:
+            group.generator.append_tokens(np.asarray(tail, dtype=np.int32))
+        except Exception:
+            log.exception("could not feed a kept generator the next turn's glue; dropping it")
+            return None
+        return np.concatenate([tokens, np.asarray(tail, dtype=np.int32)])
 
     def _step(self, group: _Group) -> None:
         for seq in group.live:
@@ -410,6 +457,7 @@ class Scheduler:
     def _advance(self, seq: _Sequence, token: int) -> None:
         seq.completion_tokens += 1
         if token in self.model.eos_token_ids and not seq.sub.params.ignore_eos:
+            seq.eos_token = token
             if seq.logprobs:
                 seq.logprobs.pop()  # the end of the text is no token of it
             self._finish(seq, FinishReason.STOP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,14 @@ from edge_agent.runtime import (
     SchedulerLimits,
     TextDelta,
 )
+from edge_agent.runtime.chat_glue import next_turn_glue
 from edge_agent.runtime.engine import LoadedModel
-from edge_agent.runtime.prompt_cache import MIN_REUSED_TOKENS, greedy_first_token, logits_row
+from edge_agent.runtime.prompt_cache import (
+    MIN_REUSED_TOKENS,
+    CachedGenerator,
+    greedy_first_token,
+    logits_row,
+)
 from edge_agent.runtime.service import ModelService
 from edge_agent.runtime.sinks import QueueSink
 from edge_agent.runtime.swap import ActiveWatcher
@@ -60,6 +67,15 @@ def run(
         else:
             return "".join(text), event
     raise AssertionError("no finish event")
+
+
+def settled(service: ModelService) -> CachedGenerator | None:
+    """The newest kept generator, once the decode thread has kept it."""
+    _, scheduler = service.require()
+    deadline = time.monotonic() + 10
+    while not scheduler.idle and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return scheduler.prompt_cache.newest()
 
 
 def chat_ids(service: ModelService, messages: list[ChatMessage]) -> list[int]:
@@ -107,11 +123,13 @@ def test_answers_with_the_cache_equal_answers_without_it(
             if len(ids) >= MIN_REUSED_TOKENS:  # shorter prompts are not worth a cache slot
                 assert repeated_done.cached_tokens == len(ids)
         # The tiny model's answer hangs mostly on the last token, so the kept generator's
-        # tokens are checked too: the prompt exactly, then the answer (all but its last).
-        kept = cached.require()[1].prompt_cache.newest()
+        # tokens are checked too: the prompt exactly, then the answer (all but its last,
+        # or all of it and the template's glue for the next turn).
+        kept = settled(cached)
         assert kept is not None
         assert kept.tokens.tolist()[: len(ids)] == ids
-        assert len(kept.tokens) == len(ids) + got_done.completion_tokens - 1
+        answer, glue = got_done.completion_tokens, len(next_turn_glue(cached.require()[0]))
+        assert len(kept.tokens) - len(ids) in (answer - 1, answer + glue - 1, answer + glue)
         # ...and the logits row an exact hit would draw from: this prompt's, not a stale one.
         assert kept.logits is not None and kept.logits_at == len(ids)
         np.testing.assert_allclose(kept.logits, fresh_logits(cached, ids), rtol=0, atol=1e-2)
@@ -164,12 +182,12 @@ def test_different_search_options_never_share_a_generator(cached: ModelService) 
 def test_the_same_prompt_again_needs_no_model_step_before_its_first_token(
     cached: ModelService, uncached: ModelService
 ) -> None:
-    model, scheduler = cached.require()
+    model, _ = cached.require()
     ids = model.encode(DOCUMENT + " exact")
     one = SamplingParams(temperature=0.0, max_tokens=1)
     first, _ = run(cached, ids, one)
     # The entry holds the prompt's KV cache and the logits row it ended with.
-    kept = scheduler.prompt_cache.newest()
+    kept = settled(cached)
     assert kept is not None and kept.logits is not None and kept.logits_at == len(ids)
     # A request that ends on its kept-logits token leaves the generator at the prompt:
     # the next one is an exact hit again, and so is a longer answer after it.
@@ -324,14 +342,14 @@ def test_a_prompt_that_extends_the_kept_one_is_read_to_its_end(
     """The kept generator holds exactly the previous prompt (a one-token answer is never
     fed back): a longer prompt shares all of it, yet its own tokens must still be read,
     not answered from the previous prompt's kept logits."""
-    model, scheduler = cached.require()
+    model, _ = cached.require()
     ids = model.encode(DOCUMENT + " extended")
     run(cached, ids, SamplingParams(temperature=0.0, max_tokens=1))
     longer = ids + model.encode(" and a follow-up question about it")
     got, done = run(cached, longer, GREEDY)
     want, _ = run(uncached, longer, GREEDY)
     assert got == want and done.cached_tokens == len(ids)
-    kept = scheduler.prompt_cache.newest()
+    kept = settled(cached)
     assert kept is not None and kept.tokens.tolist()[: len(longer)] == longer
 
 
@@ -355,3 +373,29 @@ def test_a_guided_request_continues_a_generator_built_with_its_grammar(
     schema = SamplingParams(temperature=0.0, max_tokens=12, json_schema='{"type": "integer"}')
     _, other = run(cached, ids, schema)
     assert other.cache_lookup and other.cached_tokens == 0
+
+
+def test_a_chats_next_turn_reads_only_its_new_message(
+    cached: ModelService, uncached: ModelService
+) -> None:
+    """Once an answer ends, its last token and the template's glue for the next user
+    message are fed to the kept generator: the next turn, sending the answer back as the
+    same tokens, reuses everything before its new message."""
+    model, _ = cached.require()
+    glue = next_turn_glue(model)
+    # ChatML: <|im_end|> (the end of a turn), newline, <|im_start|>, user, newline
+    assert (
+        glue[0] in model.eos_token_ids
+        and model.tokenizer.decode(np.asarray(glue, np.int32)) == "\nuser\n"
+    )
+    ids = chat_ids(cached, [ChatMessage("system", SYSTEM), ChatMessage("user", "a question")])
+    answer_params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    run(cached, ids, answer_params)
+    kept = settled(cached)
+    assert kept is not None
+    answer = kept.tokens.tolist()[len(ids) : len(ids) + 8]
+    assert kept.tokens.tolist() == ids + answer + glue
+    following = ids + answer + glue + model.encode("the next question")
+    got, done = run(cached, following, answer_params)
+    want, _ = run(uncached, following, answer_params)
+    assert got == want and done.cached_tokens == len(ids) + len(answer) + len(glue)
