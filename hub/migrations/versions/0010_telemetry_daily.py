@@ -6,11 +6,13 @@ Create Date: 2026-11-28 10:00:00
 
 telemetry_daily holds per release and UTC day what a day cell adds up, with the day's
 distinct pseudonym count; telemetry_daily_days says which days it holds completely. An
-index on window_hour lets the roll-up read one day of every model. The columns are written
-out (as in 0003) so that this revision stays what it was when the protocol changes.
+index on window_hour lets the roll-up read one day of every model. The count columns are
+0003's (not the protocol's constants), so this revision stays what it was when those change.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import sqlalchemy as sa
 from alembic import op
@@ -20,29 +22,9 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-COUNTERS = ("requests", "tokens_in", "tokens_out", "rejections", "restarts", "crashes")
-ERRORS = (
-    "invalid_request",
-    "context_length",
-    "not_ready",
-    "model_load",
-    "generation",
-    "out_of_memory",
-    "timeout",
-    "internal",
-)
-OUTCOMES = ("succeeded", "failed", "rolled_back")
-HISTOGRAM_CELLS = {"ttft": 10, "per_token": 9, "load": 9, "peak_memory": 9}
-
-
-def _counts() -> list[sa.Column[int]]:
-    names = [
-        *COUNTERS,
-        *(f"errors_{e}" for e in ERRORS),
-        *(f"updates_{o}" for o in OUTCOMES),
-        *(f"{h}_{i:02d}" for h, cells in HISTOGRAM_CELLS.items() for i in range(cells)),
-    ]
-    return [sa.Column(name, sa.BigInteger(), nullable=False) for name in names]
+# The summary has one column per count column of the reports, as 0003 made them (a later
+# revision that changes those changes both tables).
+_reports = importlib.import_module("hub.migrations.versions.0003_telemetry")
 
 
 def upgrade() -> None:
@@ -58,7 +40,7 @@ def upgrade() -> None:
         sa.Column("reports", sa.Integer(), nullable=False),
         sa.Column("seconds", sa.BigInteger(), nullable=False),
         sa.Column("dp_epsilon", sa.Float(), nullable=True),
-        *_counts(),
+        *_reports._counts(),
         sa.PrimaryKeyConstraint("model", "version", "day", name=op.f("pk_telemetry_daily")),
     )
     op.create_table(
