@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Packages of the hub extra (and the conversion stack): none may come with the agent.
 # (tokenizers is the agent's own: it reads the embedding encoders' WordPiece tokenizers.)
 HUB_ONLY = ["torch", "transformers", "onnx", "onnx_ir", "fastcdc", "alembic", "psycopg",
-            "argon2", "jinja2", "playwright", "pytest"]  # fmt: skip
+            "argon2", "jinja2", "playwright", "pytest", "peft"]  # fmt: skip
 
 
 @dataclass
