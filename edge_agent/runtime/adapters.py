@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.runtime._og import og
+from edge_agent.runtime.adapter_fit import check_fit
 from edge_agent.runtime.errors import ModelFolderError
 
 ADAPTER_CONFIG = "adapter.json"  # in an adapter release: its base and its file
@@ -77,8 +78,9 @@ def accepts_adapters(model_folder: Path) -> bool:
 class LoadedAdapters:
     """The adapters loaded into one base model, each once, by name."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, base_folder: Path) -> None:
         self._model = model
+        self._base_folder = base_folder
         self._adapters: Any = None
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -88,6 +90,7 @@ class LoadedAdapters:
         with self._lock:
             if ref.name in self._bytes:
                 return False
+            check_fit(ref.file, self._base_folder / LORA_INPUTS)
             if self._adapters is None:
                 self._adapters = og.Adapters(self._model)
             self._adapters.load(str(ref.file), ref.name)

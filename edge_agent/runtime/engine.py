@@ -78,7 +78,7 @@ class LoadedModel:
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.supports_guidance = self._probe_guidance()
         self.renders_tools = self._probe_tools()
-        self.adapters = LoadedAdapters(model)
+        self.adapters = LoadedAdapters(model, folder.path)
 
     @property
     def context_length(self) -> int:

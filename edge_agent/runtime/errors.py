@@ -3,7 +3,8 @@
 AgentRuntimeError (base)
 ├── ModelFolderError      the model folder is missing files or has a malformed config
 ├── ModelLoadError        onnxruntime-genai could not load a folder that looked valid
-│   └── AdapterBaseUnavailable  a LoRA adapter's base is not installed, or another version
+│   ├── AdapterBaseUnavailable  a LoRA adapter's base is not installed, or another version
+│   └── AdapterDoesNotFit       a LoRA adapter's tensors are not the ones its base takes
 ├── InvalidRequest        the caller asked for something wrong (names the parameter)
 │   └── ContextLengthExceeded
 ├── Overloaded            the queue is full: retry later
@@ -31,6 +32,10 @@ class ModelLoadError(AgentRuntimeError):
 
 
 class AdapterBaseUnavailable(ModelLoadError):
+    pass
+
+
+class AdapterDoesNotFit(ModelLoadError):
     pass
 
 

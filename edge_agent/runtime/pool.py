@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.runtime.adapters import AdapterRef
-from edge_agent.runtime.errors import AdapterBaseUnavailable, ModelLoadError, NotReady
+from edge_agent.runtime.errors import (
+    AdapterBaseUnavailable,
+    AdapterDoesNotFit,
+    ModelLoadError,
+    NotReady,
+)
 from edge_agent.runtime.memory import release_free_memory
 from edge_agent.runtime.service import ModelService
 
@@ -264,7 +269,8 @@ class ModelPool:
             with self._lock:
                 if slot is not None:
                     slot.adapter_bytes -= size
-            raise ModelLoadError(f"adapter {ref.name} does not load on {ref.base}: {exc}") from exc
+            kind = AdapterDoesNotFit if isinstance(exc, AdapterDoesNotFit) else ModelLoadError
+            raise kind(f"adapter {ref.name} does not load on {ref.base}: {exc}") from exc
         if not loaded and slot is not None:  # another request loaded it meanwhile
             with self._lock:
                 slot.adapter_bytes -= size

@@ -85,9 +85,16 @@ def _tensors(base_dir: Path, rank: int, dtype: type, transpose: bool) -> dict[st
     return out
 
 
-@pytest.mark.parametrize("case", ["wrong-shapes", "wrong-dtype", "ranks-differ"])
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("wrong-shapes", "k_proj.lora_A.MatMul.weight has shape [3, 64], the base takes [64, 0]"),
+        ("wrong-dtype", "k_proj.lora_A.MatMul.weight is tensor(float16), not tensor(float)"),
+        ("ranks-differ", "k_proj.lora_B.MatMul.weight has rank 5, its pair 4"),
+    ],
+)
 def test_a_signed_adapter_with_wrong_tensors_fails_its_health_check_and_is_rolled_back(
-    repo: ReleaseRepository, tiny_lora_base_dir: Path, tmp_path: Path, case: str
+    repo: ReleaseRepository, tiny_lora_base_dir: Path, tmp_path: Path, case: str, why: str
 ) -> None:
     if case == "wrong-shapes":
         tensors = _tensors(tiny_lora_base_dir, 3, np.float32, transpose=True)
@@ -103,7 +110,7 @@ def test_a_signed_adapter_with_wrong_tensors_fails_its_health_check_and_is_rolle
     _publish_adapter(repo, tmp_path / "release", name, "tiny@1.0.0", tensors)
     device = Device(repo, tmp_path / "device")
     device.update("tiny", "1.0.0")
-    with pytest.raises(HealthCheckFailed, match=f"{name} 1.0.0 failed"):
+    with pytest.raises(HealthCheckFailed, match=f"{name} 1.0.0 failed .*{re.escape(why)}"):
         device.update(name)
     store = device.store
     assert store.active(name) is None
