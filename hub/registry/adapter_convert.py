@@ -55,6 +55,9 @@ def read_peft_config(peft_dir: Path) -> dict[str, Any]:
                 f"{config_path}: {pattern} gives layers their own rank or alpha, which one "
                 "adapter file for this base cannot hold; train with one r and lora_alpha"
             )
+    alpha = config.get("lora_alpha", 1)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise ReleaseRefused(f"{config_path}: lora_alpha must be a number, not {alpha!r}")
     if config.get("bias", "none") != "none":
         raise ReleaseRefused(f"{config_path}: bias '{config['bias']}' is not supported; 'none'")
     return config
