@@ -75,35 +75,76 @@ def accepts_adapters(model_folder: Path) -> bool:
     return (model_folder / LORA_INPUTS).is_file()
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    key: str  # its name in og.Adapters: one per version of the adapter's file
+    identity: tuple[str, int, int]  # the file it was loaded from: real path, size, mtime
+    bytes: int
+
+
+def _identity(ref: AdapterRef) -> tuple[str, int, int]:
+    """Which file `ref` is now: the store swaps an adapter's `active` pointer to its new
+    version, so the same name and path can mean other weights."""
+    real = ref.file.resolve()
+    stat = real.stat()
+    return str(real), stat.st_size, stat.st_mtime_ns
+
+
 class LoadedAdapters:
-    """The adapters loaded into one base model, each once, by name."""
+    """The adapters loaded into one base model, each once, by name; an adapter whose file
+    changed (a new version installed) loads again on its next request."""
 
     def __init__(self, model: Any, base_folder: Path) -> None:
         self._model = model
         self._base_folder = base_folder
         self._adapters: Any = None
-        self._bytes: dict[str, int] = {}
+        self._current: dict[str, _Loaded] = {}
+        self._replaced: list[str] = []  # keys to unload once no generator uses them
+        self._loads = 0
         self._lock = threading.Lock()
 
-    def ensure(self, ref: AdapterRef) -> bool:
-        """Load `ref` unless it already is; True when this call loaded it."""
+    def is_current(self, ref: AdapterRef) -> bool:
+        """True when `ref`'s file as it is now is the one loaded under its name."""
         with self._lock:
-            if ref.name in self._bytes:
+            loaded = self._current.get(ref.name)
+        return loaded is not None and loaded.identity == _identity(ref)
+
+    def ensure(self, ref: AdapterRef) -> bool:
+        """Load `ref` unless its file as it is now is loaded; True when this call loaded it."""
+        with self._lock:
+            identity = _identity(ref)
+            previous = self._current.get(ref.name)
+            if previous is not None and previous.identity == identity:
                 return False
             check_fit(ref.file, self._base_folder / LORA_INPUTS)
             if self._adapters is None:
                 self._adapters = og.Adapters(self._model)
-            self._adapters.load(str(ref.file), ref.name)
-            self._bytes[ref.name] = ref.file_bytes()
+            self._loads += 1
+            key = f"{ref.name}#{self._loads}"
+            self._adapters.load(str(ref.file), key)
+            self._current[ref.name] = _Loaded(key, identity, identity[1])
+            if previous is not None:
+                self._replaced.append(previous.key)
+            self._unload_replaced_locked()
             return True
+
+    def _unload_replaced_locked(self) -> None:
+        for key in list(self._replaced):
+            try:
+                self._adapters.unload(key)
+            except RuntimeError:  # a generator still runs with it: retried on the next load
+                continue
+            self._replaced.remove(key)
 
     def activate(self, generator: Any, name: str) -> None:
         """Make `name` the adapter of `generator`: before its prompt is appended."""
-        if name not in self._bytes:
+        with self._lock:
+            loaded = self._current.get(name)
+        if loaded is None:
             raise KeyError(f"adapter {name} is not loaded on this base")
-        generator.set_active_adapter(self._adapters, name)
+        generator.set_active_adapter(self._adapters, loaded.key)
 
     def loaded(self) -> dict[str, int]:
-        """Name -> bytes of each loaded adapter."""
+        """Name -> bytes of each loaded adapter (its current version)."""
         with self._lock:
-            return dict(self._bytes)
+            return {name: loaded.bytes for name, loaded in self._current.items()}

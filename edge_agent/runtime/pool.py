@@ -209,7 +209,7 @@ class ModelPool:
         if service is None or ref is None:
             return service
         model = service.model
-        if model is not None and ref.name in model.adapters.loaded():
+        if model is not None and model.adapters.is_current(ref):
             return service
         self.release(service)
         return None
@@ -255,9 +255,10 @@ class ModelPool:
                 f"adapter {ref.name} was made for {ref.base}, but {ref.base_name} "
                 f"{release[1]} is active: install an adapter release made for it"
             )
-        if ref.name in model.adapters.loaded():
+        if model.adapters.is_current(ref):
             return
         size = ref.file_bytes()
+        previous = model.adapters.loaded().get(ref.name, 0)  # its version loaded before
         with self._lock:
             self._make_room_locked(size, ref.name, keep=ref.base_name)
             slot = self._slots.get(service.name)
@@ -271,9 +272,13 @@ class ModelPool:
                     slot.adapter_bytes -= size
             kind = AdapterDoesNotFit if isinstance(exc, AdapterDoesNotFit) else ModelLoadError
             raise kind(f"adapter {ref.name} does not load on {ref.base}: {exc}") from exc
-        if not loaded and slot is not None:  # another request loaded it meanwhile
-            with self._lock:
-                slot.adapter_bytes -= size
+        if slot is not None and (not loaded or previous):
+            with self._lock:  # loaded meanwhile by another request, or replaced its version
+                slot.adapter_bytes -= size if not loaded else previous
+        if loaded and previous and service.scheduler is not None:
+            # Kept prompts are keyed by the adapter's name: those of its replaced version
+            # must not answer for the new one (a rare event: drop the base's kept prompts).
+            service.scheduler.prompt_cache.clear()
 
     def _acquire_model(self, name: str, keep_alive: float | None) -> ModelService:
         while True:

@@ -31,7 +31,7 @@ from edge_agent.runtime.service import ModelService
 from hub.registry.adapter_convert import convert_adapter
 from tests.conftest import ServerThread
 
-PROMPT = "Route this ticket: the printer on floor two is on fire."
+PROMPT = "Summarise the clause: the tenant pays rent monthly."
 
 
 def _write_broken(folder: Path, base_dir: Path) -> None:
@@ -92,7 +92,7 @@ def _ask(client: openai.OpenAI, model: str) -> str:
     reply = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=6,
+        max_tokens=10,
         temperature=0,
         timeout=60,
     )
@@ -136,3 +136,40 @@ def test_concurrent_requests_over_adapters_each_get_their_own_answer(
         thread.join(120)
     assert [type(e) for e in errors] == [openai.InternalServerError]  # 503: only "broken"
     assert sorted(answers) == sorted((m, alone[m]) for _ in range(4) for m in models)
+
+
+def test_an_adapter_updated_while_its_base_stays_loaded_serves_its_new_weights(
+    tiny_lora_base_dir: Path,
+    adapters: dict[str, AdapterRef],
+    tmp_path: Path,
+) -> None:
+    """The store swaps an adapter's `active` pointer to its new version; the base stays
+    loaded. The next request must run the new weights, not the ones loaded before."""
+    active = tmp_path / "contracts-fr" / "active"
+    active.parent.mkdir()
+    active.symlink_to(adapters["contracts-fr"].folder)
+    served = {
+        "contracts-fr": read_adapter("contracts-fr", active),
+        "triage-en": adapters["triage-en"],
+    }
+    pool = ModelPool(
+        discover=lambda: {"tiny": tiny_lora_base_dir},
+        make_service=lambda name, path: ModelService(
+            name, path, RuntimeSettings(), SchedulerLimits()
+        ),
+        discover_adapters=lambda: served,
+        budget_bytes=2**30,
+    )
+    with ServerThread(create_app(ApiConfig(), [], pool=pool)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        old, triage = _ask(client, "contracts-fr"), _ask(client, "triage-en")
+        assert old != triage
+        new_version = tmp_path / "next"
+        new_version.symlink_to(adapters["triage-en"].folder)
+        new_version.replace(active)  # as the store activates: one rename
+        assert _ask(client, "contracts-fr") == triage  # the new version's weights
+        rows = {row["model"]: row for row in pool.ps()}
+        size = adapters["triage-en"].file_bytes()
+        assert rows["tiny"]["adapters"] == {"contracts-fr": size, "triage-en": size}
+        assert pool.used_bytes() == rows["tiny"]["memory_bytes"] + 2 * size
+        assert pool.loads == 1  # the base never reloaded
