@@ -30,7 +30,7 @@ from edge_agent.api.usage import UsageRecorder
 from edge_agent.config import ApiConfig
 from edge_agent.runtime import InvalidRequest, ModelLoadError, SamplingParams
 from edge_agent.runtime.encoder import Encoders
-from edge_agent.runtime.errors import AdapterBaseUnavailable, AdapterDoesNotFit
+from edge_agent.runtime.errors import AdapterBaseUnavailable, AdapterDoesNotFit, ModelTooLarge
 from edge_agent.runtime.pool import ModelNotInstalled, ModelPool, parse_keep_alive
 from edge_agent.runtime.service import ModelService
 from edge_agent.store.store import RELEASE_FILE
@@ -137,8 +137,12 @@ def create_app(
             raise ApiError(
                 503, str(exc), type_="server_error", param="model", code="adapter_does_not_fit"
             ) from None
-        except ModelLoadError as exc:
+        except ModelTooLarge as exc:
             raise ApiError(400, str(exc), param="model", code="model_too_large") from None
+        except ModelLoadError as exc:  # the installed model is at fault, not the request
+            raise ApiError(
+                503, str(exc), type_="server_error", param="model", code="model_load_failed"
+            ) from None
 
     def on_adapter(params: SamplingParams, name: str) -> SamplingParams:
         """A request for an adapter runs on its base with the adapter active."""

@@ -31,6 +31,10 @@ class ModelLoadError(AgentRuntimeError):
     pass
 
 
+class ModelTooLarge(ModelLoadError):
+    """The model alone needs more than the whole memory budget: no eviction can help."""
+
+
 class AdapterBaseUnavailable(ModelLoadError):
     pass
 

@@ -35,6 +35,7 @@ from edge_agent.runtime.errors import (
     AdapterBaseUnavailable,
     AdapterDoesNotFit,
     ModelLoadError,
+    ModelTooLarge,
     NotReady,
 )
 from edge_agent.runtime.memory import release_free_memory
@@ -330,7 +331,7 @@ class ModelPool:
         path = known[name]
         size = estimate_bytes(path)
         if size > self.budget_bytes:
-            raise ModelLoadError(
+            raise ModelTooLarge(
                 f"model {name} needs about {size / 2**20:.0f} MiB, more than the whole "
                 f"memory budget ({self.budget_bytes / 2**20:.0f} MiB): raise "
                 "[runtime] memory_budget_mib or serve a smaller model"

@@ -206,6 +206,17 @@ def test_a_model_that_fails_to_load_does_not_disturb_the_others(start: Start) ->
         _ask(client, "gamma")
 
 
+def test_a_model_larger_than_the_whole_budget_is_a_400_naming_the_setting(
+    start: Start, models_dir: Path
+) -> None:
+    server = start(budget_bytes=estimate_bytes(models_dir / "alpha") // 2)
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(_client(server), "alpha")
+    assert refused.value.code == "model_too_large"
+    assert "memory_budget_mib" in refused.value.message
+    assert _loaded(server) == []
+
+
 def test_keep_alive_per_request_unloads_idle_models(start: Start) -> None:
     server = start()
     client = _client(server)
