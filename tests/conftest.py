@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from edge_agent.config import ApiConfig
 from edge_agent.runtime import Finished, RuntimeSettings, SchedulerLimits, Submission
 from edge_agent.runtime.service import ModelService
 from hub.registry import synthetic, synthetic_adapter
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +43,6 @@ def peft_adapters() -> dict[str, Path]:
         )
         for name, seed in (("contracts-fr", 1), ("triage-en", 2))
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FinishLog:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import queue
-import socket
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,20 +25,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.mqtt import stop_client
 from hub.broker import BrokerMissing, find_mosquitto
 from hub.broker.process import BrokerProcess, ProcessExited
+from tests.ports import free_port
 
-__all__ = ["BrokerMissing", "Endpoint", "MosquittoBroker", "TestClient", "free_port"]
+__all__ = ["BrokerMissing", "Endpoint", "MosquittoBroker", "TestClient"]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
 # Mosquitto's default queue limits drop messages silently, even for online subscribers in a
 # burst: a test must never lose a message to the broker's bookkeeping.
 MAX_QUEUED_MESSAGES = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class MosquittoBroker:

@@ -12,7 +12,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,15 +21,10 @@ import psycopg
 import pytest
 
 from hub import db
+from tests.ports import free_port
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 PG_USER = "postgres"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pg_bin() -> Path:
@@ -52,7 +46,7 @@ class PrivatePostgres:
         self.bin = _pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="edge-hub-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # initdb and postgres refuse to run as root
             user = pwd.getpwnam(PG_USER)

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 

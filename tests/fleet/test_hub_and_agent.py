@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from hub.registry.repository import ReleaseRepository
-from tests.conftest import free_port
 from tests.fleet.processes import BIN, active_on_hub, wait_for
+from tests.ports import free_port
 from tests.updates.conftest import Fleet
 
 READY_S = 60.0

@@ -17,9 +17,9 @@ from hub import db
 from hub.fleet import desired
 from hub.fleet.director import DirectorKey
 from hub.fleet.models import InstallEventRecord, ReportedModelState
-from tests.conftest import free_port
 from tests.fleet.processes import active_on_hub, wait_for
 from tests.fleet.test_hub_and_agent import Device, Hub, running_hub
+from tests.ports import free_port
 
 # The device must have the state and have downloaded before the window opens.
 LEAD_S = 35

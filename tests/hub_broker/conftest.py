@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.broker import BrokerMissing, ManagedMosquitto
 from hub.fleet.identity import DeviceCA, TlsFiles, key_pem, make_csr, new_key
-from tests.mqtt_broker import Endpoint, TestClient, free_port
+from tests.mqtt_broker import Endpoint, TestClient
+from tests.ports import free_port
 
 DEVICE_GROUPS = {"dev-a": ["lab"], "dev-b": ["lab"]}
 

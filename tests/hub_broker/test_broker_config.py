@@ -14,7 +14,7 @@ from hub.broker.mosquitto import AUTOSAVE_SECONDS, find_mosquitto
 from hub.config import ConfigError, load_config
 from hub.fleet.authority import FleetAuthority
 from hub.fleet.identity import DeviceCA
-from tests.mqtt_broker import free_port
+from tests.ports import free_port
 
 INSTALL_COMMANDS = (
     "sudo apt-get install mosquitto",

@@ -38,7 +38,8 @@ from hub.registry.repository import ReleaseRepository
 from hub.service import HubService
 from tests.hub_broker.conftest import device_files, tls_client
 from tests.hub_ingest.helpers import count, distinct_events, event, report, wait_count, wire
-from tests.mqtt_broker import TestClient, free_port
+from tests.mqtt_broker import TestClient
+from tests.ports import free_port
 
 EVENTS = 20
 REPORTS = 5

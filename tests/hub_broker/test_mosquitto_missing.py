@@ -13,7 +13,7 @@ import pytest
 from hub.demo import DemoError, DemoOptions, run_demo
 from hub.registry.repository import ReleaseRepository
 from tests.hub_broker.test_broker_config import INSTALL_COMMANDS
-from tests.mqtt_broker import free_port
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 

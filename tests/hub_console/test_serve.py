@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from hub.console import sessions
-from tests.conftest import free_port
 from tests.fleet.processes import wait_for
 from tests.fleet.test_hub_and_agent import Hub
 from tests.hub_console.conftest import CSRF
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 ONE_TIME = re.compile(r"first console user: admin, one-time password (\S+)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from edge_agent.installed import launcher as launcher_module
-from tests.conftest import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / ".venv" / "bin" / "edge-agent"

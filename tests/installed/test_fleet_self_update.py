@@ -26,11 +26,11 @@ from hub import db
 from hub.fleet import registry
 from hub.registry.agent_release import publish_installer
 from hub.registry.repository import ReleaseRepository
-from tests.conftest import free_port
 from tests.fleet.processes import active_on_hub, wait_for
 from tests.fleet.test_hub_and_agent import Device, Hub, running_hub
 from tests.installed.fleet_slots import CRASHES, GOOD, make_slot, state
 from tests.installed.test_handover import Load
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -23,7 +23,7 @@ from edge_agent.updates.peer_server import create_app, peer_server
 from edge_agent.updates.peer_tls import FleetTls
 from edge_agent.updates.source import ReleaseSource, pin_root
 from hub.fleet.identity import DeviceCA
-from tests.conftest import free_port
+from tests.ports import free_port
 from tests.sync.hubs import HttpsServer, Hub, Recorder
 
 MODEL = "tiny"

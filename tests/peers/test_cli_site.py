@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.peers.conftest import MODEL, Device, Site
+from tests.ports import free_port
 
 EDGE_AGENT = Path(sys.executable).parent / "edge-agent"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from edge_agent.updates.peer_discovery import Announcement, PeerRecord, discover, peer_url
-from tests.conftest import free_port
 from tests.needs import need
+from tests.ports import free_port
 
 FLEET = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32

@@ -27,10 +27,11 @@ from hub.artifacts.tokens import TokenStore
 from hub.telemetry.issuance import TokenIssuer, token_route
 from hub.telemetry.keys import PeriodKeys
 from hub.telemetry.models import TOKEN_ISSUANCE
-from tests.conftest import ServerThread, free_port
+from tests.conftest import ServerThread
 from tests.fleet.processes import wait_for
 from tests.fleet.test_hub_and_agent import Device
 from tests.mqtt_broker import MosquittoBroker, TestClient
+from tests.ports import free_port
 from tests.tcp_recorder import TcpRecorder
 from tests.updates.conftest import Fleet, fleet
 
