@@ -234,19 +234,22 @@ class SyncService:
             raise UpdateError("no update source: enroll the device or set [updates] source")
         window = self._last_desired.window if self._last_desired is not None else None
         now = datetime.now(UTC)
-        if is_rollback(version, self.store.floor(model)):  # nothing to fetch: the kept one
-            if window is not None and not window.is_open(now):
-                raise WaitingForWindow(model, version, window.next_open(now))
-            rollbacks = self._last_desired.rollbacks if self._last_desired is not None else {}
-            return reactivate_kept(
-                self.manager, model, version, rolled_back_from=rollbacks.get(model)
-            ).version
         base, fetcher = fetcher_for(
             source,
             self.settings.update_token,
             self.config.updates.bandwidth_bytes_per_second,
             ca_file=self.settings.update_ca,
         )
+        # Below the floor or the active version: only the kept one, re-activated, no fetch.
+        kept = self.store.active(model)  # the agent's own release is not in the store
+        if is_rollback(version, self.store.floor(model), kept.version if kept else None):
+            if window is not None and not window.is_open(now):
+                raise WaitingForWindow(model, version, window.next_open(now))
+            rollbacks = self._last_desired.rollbacks if self._last_desired is not None else {}
+            with ReleaseSource(base, self.config.trust_dir, fetcher) as releases:
+                return reactivate_kept(
+                    self.manager, releases, model, version, rolled_back_from=rollbacks.get(model)
+                ).version
         try:
             peers = configured_peers(self.config)  # LAN peers first, verified as always
             with ReleaseSource(base, self.config.trust_dir, fetcher, peers=peers) as releases:

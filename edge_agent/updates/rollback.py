@@ -15,9 +15,13 @@ from packaging.version import Version
 from edge_agent.updates.errors import Refused
 
 
-def is_rollback(wanted: str, floor: Version | None) -> bool:
-    """Whether installing `wanted` would go below the floor (only a rollback may)."""
-    return floor is not None and Version(wanted) < floor
+def is_rollback(wanted: str, floor: Version | None, active: str | None = None) -> bool:
+    """Whether installing `wanted` would go below the floor or the active version (only a
+    rollback may). The active one counts too: a power cut after the floor went down and
+    before the swap leaves the floor at `wanted` with the newer release still active."""
+    if floor is not None and Version(wanted) < floor:
+        return True
+    return active is not None and Version(wanted) < Version(active)
 
 
 def check_rollback(

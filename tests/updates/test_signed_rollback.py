@@ -25,7 +25,10 @@ def on_new(fleet: Fleet) -> Fleet:
 def test_a_signed_rollback_reactivates_the_kept_version_and_lowers_the_floor(
     on_new: Fleet,
 ) -> None:
-    outcome = reactivate_kept(on_new.manager(), "tiny", "1.0.0", rolled_back_from="1.1.0")
+    with on_new.source() as releases:
+        outcome = reactivate_kept(
+            on_new.manager(), releases, "tiny", "1.0.0", rolled_back_from="1.1.0"
+        )
     store = on_new.store
     active = store.active("tiny")
     assert (outcome.version, outcome.changed) == ("1.0.0", True)
@@ -52,6 +55,8 @@ def test_a_rollback_that_does_not_match_the_device_changes_nothing(
     on_new: Fleet, wanted: str, rolled_back_from: str | None, error: str
 ) -> None:
     before = on_new.snapshot()
-    with pytest.raises(Refused, match=error):
-        reactivate_kept(on_new.manager(), "tiny", wanted, rolled_back_from=rolled_back_from)
+    with on_new.source() as releases, pytest.raises(Refused, match=error):
+        reactivate_kept(
+            on_new.manager(), releases, "tiny", wanted, rolled_back_from=rolled_back_from
+        )
     assert on_new.snapshot() == before
