@@ -84,8 +84,12 @@ def bring_on(
     """Sign each completed rollout's release to its target's latecomers; how many."""
     brought = 0
     with session(engine) as db:
-        todo = [(r, latecomers(db, r)) for r in current_rollouts(db)]
-    for rollout, device_ids in todo:
+        current = current_rollouts(db)
+    for rollout in current:
+        # Found after the newer rollouts signed theirs: a device in two overlapping targets
+        # is then theirs (and assigned their release), not signed this older one after it.
+        with session(engine) as db:
+            device_ids = latecomers(db, rollout)
         if not device_ids:
             continue
         problem = releases(rollout.model, rollout.version)
