@@ -1,6 +1,7 @@
 """Attacks on the release a completed rollout signs to devices that join its target later:
 a latecomer must never be moved below what it is assigned, never get a release revoked
-since, and never an older release because two completed rollouts' targets overlap."""
+since, never an older release because two completed rollouts' targets overlap, and never
+outside its group's maintenance window."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
+from edge_agent.protocol import MaintenanceWindow, SignedDesired
 from edge_agent.protocol.messages import Envelope, InstallEvent, UpdateEvent
 from hub.db import session
 from hub.fleet import desired, registry
@@ -107,3 +109,24 @@ def test_overlapping_targets_never_leave_a_latecomer_on_the_older_release(
     assert sequence(engine, "box-late") == 1
     driver.step_all()  # and the next step does not move it either
     assert desired_version(engine, "box-late") == "3.0.0"
+
+
+def test_a_latecomer_activates_only_in_its_groups_maintenance_window(
+    engine: Engine, fleet: list[str], key: Ed25519PrivateKey
+) -> None:
+    """A rollout without a window of its own, to a tag: a tagged device that joins later
+    from a group with a window gets the release signed with that window."""
+    on_old_release(engine, key, fleet)
+    clock = Clock()
+    _, driver = complete(engine, key, clock, target={"tags": {"ring": "canary"}})
+    night = MaintenanceWindow(cron="0 2 * * *", duration_minutes=60, timezone="Europe/Paris")
+    registry.create_group(engine, "night")
+    desired.set_group_window(engine, "night", night)
+    registry.enroll(engine, "box-late", group="night", tags={"ring": "canary"}, at=clock())
+    driver.step_all()
+    with session(engine) as db:
+        record = db.get(DesiredRecord, "box-late")
+        assert record is not None and record.models == {"chat": "2.0.0"}
+        assert desired.stored_window(record.window) == night
+        signed = SignedDesired.model_validate_json(record.signed).signed
+    assert MaintenanceWindow.model_validate(signed["window"]) == night  # what the device obeys
