@@ -3,8 +3,9 @@ rollout notified them (recorded per device when the rollout was created).
 
 Signing happens before anything is marked, and marking skips devices already rolled back,
 so a crash in between only means the next try signs those states once more. A device the
-rollout found without an earlier release of the model, or whose earlier release is no
-longer listed, keeps its state; the details say which.
+rollout found without an earlier release of the model, whose earlier release is no longer
+listed, or assigned another release since (an operator moved it on), keeps its state; the
+details say which.
 
 Agents keep a version floor and refuse any older release, except through a signed rollback
 statement: the reverted states name the rollout's release as rolled back from, so a device
@@ -24,6 +25,7 @@ from sqlmodel import col, select
 from hub.db import session
 from hub.fleet import desired
 from hub.fleet.models import Device
+from hub.rollouts import store
 from hub.rollouts.models import Rollout, RolloutDevice
 from hub.rollouts.releases import ReleaseCheck
 
@@ -51,12 +53,21 @@ def revert(
         if wave is not None:
             query = query.where(col(RolloutDevice.wave) == wave)
         members = list(db.exec(query).all())
+        assigned = store.previous_versions(db, (m.device_id for m in members), rollout.model)
     by_version: dict[str, list[str]] = defaultdict(list)
     kept: dict[str, str] = {}
+    signed_before: list[str] = []
     for member in members:
         previous = member.previous_version
         if previous is None:
             kept[member.device_id] = "no earlier release of the model"
+            continue
+        now_assigned = assigned[member.device_id]
+        if now_assigned == previous:  # signed by a try that crashed before marking it
+            signed_before.append(member.device_id)
+            continue
+        if now_assigned != rollout.version:  # moved on since: not this rollout's to undo
+            kept[member.device_id] = f"assigned {now_assigned} since, not {rollout.version}"
             continue
         problem = releases(rollout.model, previous)
         if problem is not None:
@@ -68,7 +79,7 @@ def revert(
             engine, key(), sorted(device_ids), rollout.model, version,
             listed=lambda _m, _v: True, rolled_back_from=rollout.version,
         )  # fmt: skip
-    reverted = {d for ids in by_version.values() for d in ids}
+    reverted = {d for ids in by_version.values() for d in ids} | set(signed_before)
     with session(engine) as db:
         for member in members:
             if member.device_id in reverted:
