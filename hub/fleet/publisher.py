@@ -3,9 +3,12 @@ desired topic, so a device gets its newest state whenever it (re)connects.
 
 A state counts as published only once the broker acknowledged it (PUBACK); until then it
 stays pending in the database and the next round publishes it again. A round hands the
-broker up to PUBLISH_BATCH states before waiting for their acknowledgements and records
-them in one transaction: waiting for each PUBACK and committing each row made a wave of
-1,000 devices take 4 s of round trips and fsyncs (bench/rollout.py).
+broker states in batches of PUBLISH_BATCH and records each batch's acknowledgements in one
+transaction: waiting for each PUBACK and committing each row made a wave of 1,000 devices
+take 4 s of round trips and fsyncs (bench/rollout.py). Batches overlap: the next one is on
+its way while the previous one's PUBACKs are awaited and recorded, BATCHES_IN_FLIGHT at
+most, and paho keeps up to IN_FLIGHT_MESSAGES unacknowledged on the wire (its default of
+20 made every 20 messages wait for a round trip through a broker busy fanning out).
 
 Every (re)connect re-publishes every current state: the broker may have restarted after a
 crash and lost retained messages it had acknowledged but not saved yet (the managed
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
@@ -32,7 +36,9 @@ from hub.fleet import desired
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
-PUBLISH_BATCH = 1000  # states handed to paho before waiting for their PUBACKs
+PUBLISH_BATCH = 500  # states whose PUBACKs are awaited and recorded together
+BATCHES_IN_FLIGHT = 2  # batches handed to paho before the oldest one's PUBACKs are awaited
+IN_FLIGHT_MESSAGES = PUBLISH_BATCH * BATCHES_IN_FLIGHT  # unacknowledged on the wire, at most
 
 
 class DesiredPublisher:
@@ -46,6 +52,7 @@ class DesiredPublisher:
         # Set at each connect: the next round publishes every current state again.
         self._republish = threading.Event()
         self.client: Client = new_client(client_id, tls=tls, use_tls=broker.tls)
+        self.client.max_inflight_messages_set(IN_FLIGHT_MESSAGES)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
@@ -95,6 +102,22 @@ class DesiredPublisher:
             return False
         return info.is_published()
 
+    def _settle(
+        self,
+        engine: Engine,
+        sent: list[tuple[desired.Unpublished, MQTTMessageInfo]],
+        timeout_s: float,
+    ) -> tuple[int, bool]:
+        """Wait for a batch's PUBACKs and record them: how many, and whether all came."""
+        deadline = time.monotonic() + timeout_s  # for the batch, not each message
+        acked = [
+            r
+            for r, info in sent
+            if self._acknowledged(info, r.device_id, deadline - time.monotonic())
+        ]
+        desired.mark_published_many(engine, [(r.device_id, r.sequence) for r in acked])
+        return len(acked), len(acked) == len(sent)
+
     def publish(self, signed_json: str, device_id: str) -> bool:
         """Publish one signed state, retained; True once the broker acknowledged it."""
         if not self._connected.is_set():
@@ -110,21 +133,25 @@ class DesiredPublisher:
             if again:
                 log.info("connected to the broker: publishing %d current states again", again)
         records = desired.unpublished(engine)
+        in_flight: deque[list[tuple[desired.Unpublished, MQTTMessageInfo]]] = deque()
+        complete = True
         for start in range(0, len(records), PUBLISH_BATCH):
-            if not self._connected.is_set():
+            if not complete or not self._connected.is_set():
                 break  # the next round tries again
             batch = records[start : start + PUBLISH_BATCH]
-            sent = [(record, self._send(record.signed, record.device_id)) for record in batch]
-            deadline = time.monotonic() + PUBLISH_TIMEOUT_S  # for the batch, not each message
-            acked = [
-                r
-                for r, info in sent
-                if self._acknowledged(info, r.device_id, deadline - time.monotonic())
-            ]
-            desired.mark_published_many(engine, [(r.device_id, r.sequence) for r in acked])
-            done += len(acked)
-            if len(acked) < len(batch):
-                break  # disconnected: the rest stays pending
+            in_flight.append(
+                [(record, self._send(record.signed, record.device_id)) for record in batch]
+            )
+            if len(in_flight) >= BATCHES_IN_FLIGHT:
+                acked, complete = self._settle(engine, in_flight.popleft(), PUBLISH_TIMEOUT_S)
+                done += acked
+        while in_flight:
+            # After a failed batch the others only count what was acknowledged already.
+            acked, settled = self._settle(
+                engine, in_flight.popleft(), PUBLISH_TIMEOUT_S if complete else 0.0
+            )
+            done += acked
+            complete = complete and settled
         if done:
             log.info("published desired state for %d devices", done)
         return done

@@ -44,6 +44,10 @@ from hub.rollouts.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
 HUB = audit.HUB_ACTOR
+# Devices signed and committed per transaction: each committed chunk is pending for the
+# desired-state publisher at once, so a wave of 10,000 reaches the broker while the rest
+# is still being signed instead of after all of it (bench/rollout.py).
+NOTIFY_CHUNK = 500
 
 
 @dataclass
@@ -161,23 +165,25 @@ class Driver:
         release no longer listed, or a window that no longer opens, pauses."""
         assert rollout.id is not None
         problem = self.releases(rollout.model, rollout.version)
-        if problem is None:
-            try:
-                desired.assign_many(
-                    self.engine, self.key(), device_ids, rollout.model, rollout.version,
-                    listed=lambda _m, _v: True,  # checked just now, with a better message
-                    window=spec.window, now=at,
-                )  # fmt: skip
-            except (desired.NotListed, WindowError) as exc:
-                problem = str(exc)
-        with session(self.engine) as db:
-            current = store.lock(db, rollout.id)
-            if problem is not None:
-                current.waiting_for = problem
-                if State(current.state) not in FINAL | {State.PAUSED}:
-                    store.transition(db, current, Event.PAUSE, HUB, reason=problem)
-                return False
-            store.mark_notified(db, rollout.id, device_ids, at)
+        for start in range(0, len(device_ids), NOTIFY_CHUNK):
+            chunk = device_ids[start : start + NOTIFY_CHUNK]
+            if problem is None:
+                try:
+                    desired.assign_many(
+                        self.engine, self.key(), chunk, rollout.model, rollout.version,
+                        listed=lambda _m, _v: True,  # checked just now, with a better message
+                        window=spec.window, now=at,
+                    )  # fmt: skip
+                except (desired.NotListed, WindowError) as exc:
+                    problem = str(exc)
+            with session(self.engine) as db:
+                current = store.lock(db, rollout.id)
+                if problem is not None:
+                    current.waiting_for = problem
+                    if State(current.state) not in FINAL | {State.PAUSED}:
+                        store.transition(db, current, Event.PAUSE, HUB, reason=problem)
+                    return False
+                store.mark_notified(db, rollout.id, chunk, at)
         return True
 
     def _pick_up_joiners(

@@ -31,7 +31,7 @@ from hub.fleet.director import DirectorKey
 from hub.fleet.identity import DeviceCA
 from hub.fleet.models import DesiredRecord
 from hub.fleet.publisher import DesiredPublisher
-from hub.ingest.consumer import IngestConsumer, IngestSettings
+from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.simulate import director_public_keys
 from hub.simulate.enroll import Enrolled, enroll_simulated
 from hub.simulate.fleet import SimulatedFleet
@@ -77,6 +77,10 @@ class SimulationHub:
                     tls=self.ca.hub_client_files("_hub-ingest").client(),
                     # The managed Mosquitto's one worker: plain topics, no $share group.
                     filters=HUB_INGEST_TOPICS,
+                    # As `edge-hub serve`: reports stored by a child process, off this
+                    # process's GIL (the thread writer slowed the publisher during waves).
+                    writer="process",
+                    writer_processes=writer_processes_for(str(self.engine.url)),
                     token_seed_file=self.token_seed_file,
                 ),
             )
