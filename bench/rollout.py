@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -117,23 +118,24 @@ class _HubSide:
         round puts on the broker what the driver has committed so far (it commits every
         hub.rollouts.driver.NOTIFY_CHUNK devices), so signing and publishing overlap."""
         signing_done = threading.Event()
+        signed_some = threading.Event()  # the driver committed a chunk of signed states
         published: list[int] = []
 
         def publish_rounds() -> None:
             while True:
                 last = signing_done.is_set()  # before the round: it then sees every state
+                signed_some.clear()
                 published.append(self.hub.publish_pending())
                 if last:
                     return
-                if not published[-1]:
-                    time.sleep(0.005)  # nothing committed yet
+                signed_some.wait(1.0)
 
         started = time.monotonic()
         publishing = threading.Thread(target=publish_rounds, name="bench-publish-rounds")
         publishing.start()
         try:
             try:
-                notified = self._open_with_engine(len(ids))
+                notified = self._open_with_engine(len(ids), signed_some.set)
                 how = "rollout engine (hub.rollouts): create, driver steps"
             except Exception as exc:  # the engine is not there (or not ready): what it calls
                 self.engine_note = f"rollout engine not used ({type(exc).__name__}: {exc})"
@@ -143,6 +145,7 @@ class _HubSide:
         finally:
             signed = time.monotonic()
             signing_done.set()
+            signed_some.set()
             publishing.join()
         return {
             "started": started,
@@ -153,7 +156,7 @@ class _HubSide:
             "how": how + "; publisher rounds alongside",
         }
 
-    def _open_with_engine(self, count: int) -> int:
+    def _open_with_engine(self, count: int, on_signed: Callable[[], None]) -> int:
         from hub.rollouts import store
         from hub.rollouts.driver import Driver
         from hub.rollouts.health import telemetry_query
@@ -170,7 +173,11 @@ class _HubSide:
         )
         key = self.hub.director_key
         self.driver = Driver(
-            self.hub.engine, lambda: key, lambda _m, _v: None, telemetry_query(self.hub.engine, 5)
+            self.hub.engine,
+            lambda: key,
+            lambda _m, _v: None,
+            telemetry_query(self.hub.engine, 5),
+            on_signed=on_signed,
         )
         rollout = store.create(self.hub.engine, spec, "bench", lambda _m, _v: None)
         self.rollout_id = rollout.id

@@ -57,6 +57,8 @@ class Driver:
     releases: ReleaseCheck
     health: HealthQuery
     clock: Callable[[], datetime] = field(default=store.now)
+    # Called after each committed chunk of signed states: a publisher waiting for work.
+    on_signed: Callable[[], None] = field(default=lambda: None)
 
     def step_all(self) -> None:
         """One step of each active rollout; one failing rollout does not stop the others."""
@@ -184,6 +186,7 @@ class Driver:
                         store.transition(db, current, Event.PAUSE, HUB, reason=problem)
                     return False
                 store.mark_notified(db, rollout.id, chunk, at)
+            self.on_signed()
         return True
 
     def _pick_up_joiners(
