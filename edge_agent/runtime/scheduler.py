@@ -25,14 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.runtime.chat_glue import next_turn_glue
 from edge_agent.runtime.engine import LoadedModel
 from edge_agent.runtime.errors import ContextLengthExceeded, NotReady, Overloaded
 from edge_agent.runtime.prompt_cache import (
     CachedGenerator,
     Logits,
     PromptCache,
-    Tokens,
     cache_key,
     greedy_first_token,
     logits_row,
@@ -181,7 +179,6 @@ class Scheduler:
         self._groups: list[_Group] = []
         self._active = 0
         self.prompt_cache = PromptCache(limits.prompt_cache_bytes, model.kv_bytes_per_token)
-        self._glue = next_turn_glue(model) if self.prompt_cache.enabled else []
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="edge-decode", daemon=True)
@@ -200,7 +197,7 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         """Nothing queued or decoding, and every finished generator kept: a request's
-        Finished event comes before its generator is kept (and fed the next turn's glue)."""
+        Finished event comes before its generator is kept."""
         return not self._pending and not self._groups
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> Submission:
@@ -370,22 +367,11 @@ class Scheduler:
         if group.first is not None:  # ended before its first step: nothing to keep
             return
         tokens = np.asarray(group.generator.get_sequence(0), dtype=np.int32)
-        if group.unfed is not None:
-            # An exact hit ended on its kept-logits token, which never reached the
-            # generator: it still holds the prompt alone, all of it computed.
-            last = group.unfed
-        elif group.seqs[0].eos_token is not None:
-            # The engine ends a sequence on its end-of-sequence token without appending
-            # it: every token it holds went through the model.
-            last = group.seqs[0].eos_token
-        else:
-            # The last token was sampled but not yet fed through the model: no KV cache.
-            tokens, last = tokens[:-1], int(tokens[-1])
-        if not group.seqs[0].sub.params.guided:  # a grammar would judge the glue
-            fed = self._prefeed(group, tokens, last, max_length)
-            if fed is None:
-                return
-            tokens = fed
+        # Every token the generator holds went through the model but a last sampled one:
+        # an exact hit that ended on its kept-logits token holds the prompt alone, and the
+        # engine ends a sequence on its end-of-sequence token without appending it.
+        if group.unfed is None and group.seqs[0].eos_token is None:
+            tokens = tokens[:-1]  # sampled, not yet fed: it has no KV cache
         nbytes = self.prompt_cache.entry_bytes(max_length)
         if group.logits is not None:
             nbytes += group.logits.nbytes
@@ -393,23 +379,6 @@ class Scheduler:
             group.generator, key, max_length, tokens, nbytes, group.logits, group.logits_at
         )
         self.prompt_cache.put(entry)
-
-    def _prefeed(self, group: _Group, tokens: Tokens, last: int, max_length: int) -> Tokens | None:
-        """Feed a kept generator its answer's last token and the chat template's glue,
-        when nothing else waits: what a chat's next turn sends before its new message.
-        Returns the tokens the generator then holds; None: it failed, drop it."""
-        tail = [last, *self._glue]
-        if last in self.model.eos_token_ids and self._glue and self._glue[0] == last:
-            tail = list(self._glue)  # the answer ended on the template's end-of-turn token
-        busy = self._pending or any(other is not group for other in self._groups)
-        if busy or len(tokens) + len(tail) >= max_length:
-            return tokens
-        try:
-            group.generator.append_tokens(np.asarray(tail, dtype=np.int32))
-        except Exception:
-            log.exception("could not feed a kept generator the next turn's glue; dropping it")
-            return None
-        return np.concatenate([tokens, np.asarray(tail, dtype=np.int32)])
 
     def _step(self, group: _Group) -> None:
         for seq in group.live:

@@ -23,7 +23,6 @@ from edge_agent.runtime import (
     SchedulerLimits,
     TextDelta,
 )
-from edge_agent.runtime.chat_glue import next_turn_glue
 from edge_agent.runtime.engine import LoadedModel
 from edge_agent.runtime.prompt_cache import (
     MIN_REUSED_TOKENS,
@@ -124,12 +123,12 @@ def test_answers_with_the_cache_equal_answers_without_it(
                 assert repeated_done.cached_tokens == len(ids)
         # The tiny model's answer hangs mostly on the last token, so the kept generator's
         # tokens are checked too: the prompt exactly, then the answer (all but its last,
-        # or all of it and the template's glue for the next turn).
+        # or all of it when it ended on end-of-sequence, which the engine never appends).
         kept = settled(cached)
         assert kept is not None
         assert kept.tokens.tolist()[: len(ids)] == ids
-        answer, glue = got_done.completion_tokens, len(next_turn_glue(cached.require()[0]))
-        assert len(kept.tokens) - len(ids) in (answer - 1, answer + glue - 1, answer + glue)
+        answer = got_done.completion_tokens
+        assert len(kept.tokens) - len(ids) in (answer - 1, answer)
         # ...and the logits row an exact hit would draw from: this prompt's, not a stale one.
         assert kept.logits is not None and kept.logits_at == len(ids)
         np.testing.assert_allclose(kept.logits, fresh_logits(cached, ids), rtol=0, atol=1e-2)
@@ -375,27 +374,21 @@ def test_a_guided_request_continues_a_generator_built_with_its_grammar(
     assert other.cache_lookup and other.cached_tokens == 0
 
 
-def test_a_chats_next_turn_reads_only_its_new_message(
+def test_a_chats_next_turn_reuses_the_answer_it_sends_back(
     cached: ModelService, uncached: ModelService
 ) -> None:
-    """Once an answer ends, its last token and the template's glue for the next user
-    message are fed to the kept generator: the next turn, sending the answer back as the
-    same tokens, reuses everything before its new message."""
+    """A kept generator holds the prompt and the answer it generated, all but the last
+    sampled token (never fed to the model): a next turn that sends the answer back as the
+    same tokens reuses all of that and reads only the rest."""
     model, _ = cached.require()
-    glue = next_turn_glue(model)
-    # ChatML: <|im_end|> (the end of a turn), newline, <|im_start|>, user, newline
-    assert (
-        glue[0] in model.eos_token_ids
-        and model.tokenizer.decode(np.asarray(glue, np.int32)) == "\nuser\n"
-    )
     ids = chat_ids(cached, [ChatMessage("system", SYSTEM), ChatMessage("user", "a question")])
     answer_params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     run(cached, ids, answer_params)
     kept = settled(cached)
     assert kept is not None
-    answer = kept.tokens.tolist()[len(ids) : len(ids) + 8]
-    assert kept.tokens.tolist() == ids + answer + glue
-    following = ids + answer + glue + model.encode("the next question")
+    held = kept.tokens.tolist()
+    assert held[: len(ids)] == ids and len(held) == len(ids) + 8 - 1
+    following = held + model.encode("the next question")
     got, done = run(cached, following, answer_params)
     want, _ = run(uncached, following, answer_params)
-    assert got == want and done.cached_tokens == len(ids) + len(answer) + len(glue)
+    assert got == want and done.cached_tokens == len(held)
