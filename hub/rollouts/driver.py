@@ -201,18 +201,7 @@ class Driver:
         joiners = store.target_devices(db, spec.target, not_in_rollout=rollout.id)
         if not joiners:
             return
-        busy = set(
-            db.exec(
-                select(RolloutDevice.device_id)
-                .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-                .where(
-                    col(Rollout.model) == rollout.model,
-                    col(Rollout.id) != rollout.id,
-                    col(Rollout.state).in_([s.value for s in State if s not in FINAL]),
-                    col(RolloutDevice.device_id).in_(joiners),
-                )
-            ).all()
-        )
+        busy = store.held_by_other_rollouts(db, rollout.model, joiners, rollout.id)
         joiners = [d for d in joiners if d not in busy]
         if not joiners:
             return

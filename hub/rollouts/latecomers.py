@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from hub.db import session
 from hub.fleet import desired
 from hub.rollouts import audit, store
-from hub.rollouts.machine import FINAL, State
+from hub.rollouts.machine import State
 from hub.rollouts.models import Rollout, RolloutDevice, RolloutWave
 from hub.rollouts.releases import ReleaseCheck
 
@@ -53,18 +53,7 @@ def latecomers(db: Session, rollout: Rollout) -> list[str]:
     found = store.target_devices(db, store.spec_of(rollout).target, not_in_rollout=rollout.id)
     if not found:
         return []
-    open_states = [s.value for s in State if s not in FINAL]
-    taken = set(
-        db.exec(
-            select(RolloutDevice.device_id)
-            .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
-            .where(
-                col(Rollout.model) == rollout.model,
-                (col(Rollout.id) > rollout.id) | col(Rollout.state).in_(open_states),
-                col(RolloutDevice.device_id).in_(found),
-            )
-        ).all()
-    )
+    taken = store.held_by_other_rollouts(db, rollout.model, found, rollout.id, newer_too=True)
     wanted = Version(rollout.version)
     assigned = store.previous_versions(db, found, rollout.model)
     return [

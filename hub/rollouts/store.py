@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, Table, func, insert, update
+from sqlalchemy import ColumnElement, Engine, Table, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from hub.db import session
@@ -116,6 +116,27 @@ def target_devices(db: Session, target: Target, *, not_in_rollout: int | None = 
 def member_count(db: Session, rollout_id: int) -> int:
     query = select(func.count()).where(col(RolloutDevice.rollout_id) == rollout_id)
     return int(db.exec(query).one())
+
+
+def held_by_other_rollouts(
+    db: Session, model: str, device_ids: list[str], rollout_id: int, *, newer_too: bool = False
+) -> set[str]:
+    """Which of `device_ids` another active rollout of `model` has as members; with
+    `newer_too`, also any rollout of it created after `rollout_id`, active or not."""
+    held: ColumnElement[bool] = col(Rollout.state).in_([str(s) for s in ACTIVE])
+    if newer_too:
+        held = or_(held, col(Rollout.id) > rollout_id)
+    query = (
+        select(RolloutDevice.device_id)
+        .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+        .where(
+            col(Rollout.model) == model,
+            col(Rollout.id) != rollout_id,
+            held,
+            col(RolloutDevice.device_id).in_(device_ids),
+        )
+    )
+    return set(db.exec(query).all())
 
 
 def mark_notified(db: Session, rollout_id: int, device_ids: list[str], at: datetime) -> None:

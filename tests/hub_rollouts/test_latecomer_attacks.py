@@ -130,3 +130,22 @@ def test_a_latecomer_activates_only_in_its_groups_maintenance_window(
         assert desired.stored_window(record.window) == night
         signed = SignedDesired.model_validate_json(record.signed).signed
     assert MaintenanceWindow.model_validate(signed["window"]) == night  # what the device obeys
+
+
+def test_a_latecomer_held_by_a_newer_rollout_waits_for_it(
+    engine: Engine, fleet: list[str], key: Ed25519PrivateKey
+) -> None:
+    """A newcomer already drawn into a newer rollout of the model, which has not signed it
+    yet (waiting for approval), is that rollout's: the completed one signs it nothing."""
+    on_old_release(engine, key, fleet)
+    clock = Clock()
+    _, driver = complete(engine, key, clock)
+    registry.enroll(engine, "box-late", group="shop", at=clock())
+    newer = make_spec(
+        version="3.0.0", target={"devices": ["box-late"]}, wave_percent=[100], approval_required=True
+    )
+    waiting = store.create(engine, newer, "alice", listed)
+    assert waiting.id is not None
+    driver.step_all()
+    assert store.get(engine, waiting.id).state == State.WAITING_APPROVAL
+    assert desired_version(engine, "box-late") is None
