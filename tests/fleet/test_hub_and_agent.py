@@ -175,6 +175,16 @@ def running_hub(
         running.stop()
 
 
+def enrolled_on_first_release(hub: Hub, tmp_path: Path) -> Device:
+    """dev-1 enrolled with `hub` and holding tiny 1.0.0, not serving yet."""
+    token = hub.cli("device", "enroll", "dev-1").stdout.strip()
+    device = Device(tmp_path / "device", free_port())
+    joined = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token)
+    assert joined.returncode == 0, joined.stderr
+    assert device.cli("update", "tiny", "--version", "1.0.0").returncode == 0
+    return device
+
+
 @pytest.fixture
 def hub(database_url: str, tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
     yield from running_hub(database_url, tmp_path, tiny_model_dir, "managed")

@@ -20,8 +20,7 @@ from hub import db
 from hub.fleet import desired
 from hub.fleet.director import DirectorKey
 from tests.fleet.processes import active_on_hub, wait_for
-from tests.fleet.test_hub_and_agent import Device, Hub, running_hub
-from tests.ports import free_port
+from tests.fleet.test_hub_and_agent import Device, Hub, enrolled_on_first_release, running_hub
 
 
 @pytest.fixture
@@ -61,11 +60,7 @@ class OnNew:
 
 @pytest.fixture
 def on_new(hub: Hub, tmp_path: Path) -> Iterator[OnNew]:
-    token = hub.cli("device", "enroll", "dev-1").stdout.strip()
-    device = Device(tmp_path / "device", free_port())
-    joined = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token)
-    assert joined.returncode == 0, joined.stderr
-    assert device.cli("update", "tiny", "--version", "1.0.0").returncode == 0
+    device = enrolled_on_first_release(hub, tmp_path)
     engine = db.make_engine(hub.database_url)
     made = OnNew(hub, device, engine, DirectorKey(hub.root / "keys").private_key())
     try:

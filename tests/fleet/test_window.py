@@ -18,8 +18,7 @@ from hub.fleet import desired
 from hub.fleet.director import DirectorKey
 from hub.fleet.models import InstallEventRecord, ReportedModelState
 from tests.fleet.processes import active_on_hub, wait_for
-from tests.fleet.test_hub_and_agent import Device, Hub, running_hub
-from tests.ports import free_port
+from tests.fleet.test_hub_and_agent import Hub, enrolled_on_first_release, running_hub
 
 # The device must have the state and have downloaded before the window opens.
 LEAD_S = 35
@@ -47,11 +46,7 @@ def _hub_rows(engine: object, table: type) -> list:  # type: ignore[type-arg]
 def test_the_agent_downloads_at_once_and_activates_only_in_its_window(
     hub: Hub, tmp_path: Path
 ) -> None:
-    token = hub.cli("device", "enroll", "dev-1").stdout.strip()
-    device = Device(tmp_path / "device", free_port())
-    joined = device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token)
-    assert joined.returncode == 0, joined.stderr
-    assert device.cli("update", "tiny", "--version", "1.0.0").returncode == 0
+    device = enrolled_on_first_release(hub, tmp_path)
     engine = db.make_engine(hub.database_url)
     try:
         device.serve("tiny")
