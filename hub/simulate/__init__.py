@@ -9,8 +9,6 @@ error rate and latency are dialled per device (and per release), and publishes
 InstallEvents and ReportedState in the agent's envelopes. It obeys the maintenance window
 in its desired state like the agent. Telemetry goes through the agent's own aggregation,
 pseudonym and VOPRF token code. Thousands of devices share one thread (`ClientLoop`).
-Fleets one thread cannot keep up with: `hub.simulate.processes.FleetProcesses`, the same
-devices spread over worker processes (the rollout benchmark's).
 
 Public API::
 
