@@ -3,10 +3,8 @@ signed desired state", with simulated devices on the real hub parts.
 
 The hub runs in its own process (hub.simulate.harness.SimulationHub: SQLite database,
 managed Mosquitto over TLS with client certificates, desired-state publisher, ingest worker),
-so its CPU seconds and memory are its own. The devices run in worker processes
-(hub.simulate.processes, `--device-processes`, default 2: each one selector thread over its
-share, real TLS, each device verifying its state with verify_desired); one loop thread for
-all 10,000 was the wave's floor (its CPU seconds per wave near the wave time).
+so its CPU seconds and memory are its own. The devices run in this process
+(hub.simulate: one selector thread, real TLS, each verifying its state with verify_desired).
 
 1. Idle memory: the hub's and the broker's resident memory before and after every device
    connected, per device (target: hub < 2 KB per idle device).
@@ -59,6 +57,13 @@ WAVE_TIMEOUT_S = 600.0
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu_seconds(native_id: int) -> float:
+    """CPU seconds of one thread of this process."""
+    stat = Path(f"/proc/{os.getpid()}/task/{native_id}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -302,10 +307,17 @@ class HubProcess:
 # --- one size --------------------------------------------------------------------------
 
 
-def run_size(count: int, workdir: Path, autosave: str, device_processes: int) -> dict[str, Any]:
-    from hub.simulate import director_public_keys
+def _wait(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.005)
+
+
+def run_size(count: int, workdir: Path, autosave: str) -> dict[str, Any]:
+    from hub.simulate import SimulatedFleet, director_public_keys
     from hub.simulate.harness import SimulationHub
-    from hub.simulate.processes import FleetProcesses
 
     hub = HubProcess(workdir / "hub", autosave)
     try:
@@ -314,7 +326,7 @@ def run_size(count: int, workdir: Path, autosave: str, device_processes: int) ->
         ids = [e.device_id for e in enrolled]
         print(f"  {count} devices enrolled in {time.monotonic() - began:.1f} s", flush=True)
         address, key = _hub_address_and_key(workdir / "hub")
-        fleet = FleetProcesses(address, director_public_keys(key), processes=device_processes)
+        fleet = SimulatedFleet(address, director_public_keys(key))
         try:
             fleet.add(enrolled, active={MODEL: OLD})
             before = hub.call("stats")
@@ -328,25 +340,29 @@ def run_size(count: int, workdir: Path, autosave: str, device_processes: int) ->
             time.sleep(2)  # the old release's reports ingested
 
             wave0 = hub.call("stats")
-            loop0 = fleet.loop_cpu_seconds()
+            loop_thread = fleet.loop._thread
+            assert loop_thread is not None and loop_thread.native_id is not None
+            loop0 = _thread_cpu_seconds(loop_thread.native_id)
             wave = hub.call("open_wave", ids)
-            fleet.wait_sequence(dict.fromkeys(ids, 2), timeout_s=WAVE_TIMEOUT_S)
-            loop1 = fleet.loop_cpu_seconds()
-            devices = fleet.snapshot()
-            last_verified = max(d.verified_at or 0.0 for d in devices.values())
+            devices = list(fleet.devices.values())
+            _wait(lambda: all(d.last_sequence >= 2 for d in devices), WAVE_TIMEOUT_S, "the wave")
+            last_verified = max(d.verified_at or 0.0 for d in devices)
             wave_s = last_verified - wave["started"]
-            loop_cpu = [after - start for start, after in zip(loop0, loop1, strict=True)]
+            loop_cpu = _thread_cpu_seconds(loop_thread.native_id) - loop0
             wave1 = hub.call("stats")
             print(f"  wave ({wave['how']}): {wave_s:.2f} s to the last verification", flush=True)
 
             time.sleep(3)  # installs reported and ingested; then the reference
             ref = hub.call("fanout", ids)
-            fleet.wait_received_after(ref["started"], timeout_s=WAVE_TIMEOUT_S)
-            devices = fleet.snapshot()
-            ref_s = max(d.received_at or 0.0 for d in devices.values()) - ref["started"]
+            _wait(
+                lambda: all((d.received_at or 0.0) >= ref["started"] for d in devices),
+                WAVE_TIMEOUT_S,
+                "the reference fan-out",
+            )
+            ref_s = max(d.received_at or 0.0 for d in devices) - ref["started"]
             print(f"  broker's own fan-out of the same messages: {ref_s:.2f} s", flush=True)
             checks = hub.call("state_checks", 5.0)
-            refused = sum(d.refusals for d in devices.values())
+            refused = sum(len(d.refusals) for d in devices)
         finally:
             fleet.stop()
     finally:
@@ -365,11 +381,8 @@ def run_size(count: int, workdir: Path, autosave: str, device_processes: int) ->
         "reference_msgs_per_s": count / ref_s,
         "wave_vs_reference": wave_s / ref_s,
         "hub_cpu_s_wave": cpu_wave,
-        # The devices' loop threads (verification, protocol), one per worker process: the
-        # busiest near wave_s means the devices are the limit.
-        "device_processes": device_processes,
-        "device_loop_cpu_s_wave": sum(loop_cpu),
-        "device_loop_cpu_s_wave_busiest": max(loop_cpu),
+        # The devices' one loop thread (verification, protocol): near wave_s, it is the limit.
+        "device_loop_cpu_s_wave": loop_cpu,
         "hub_cpu_ms_per_device": cpu_wave * 1000 / count,
         "broker_cpu_s_wave": wave1["broker_cpu_s"] - wave0["broker_cpu_s"],
         "hub_idle_bytes_per_device": hub_idle_b,
@@ -406,9 +419,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         for count in args.devices:
             print(f"{count} simulated devices:", flush=True)
-            runs[count] = run_size(
-                count, Path(tmp) / str(count), args.broker_autosave, args.device_processes
-            )
+            runs[count] = run_size(count, Path(tmp) / str(count), args.broker_autosave)
     figures: dict[str, Any] = {}
     for count, run in runs.items():
         p = f"n{count}_"
@@ -423,9 +434,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         figures[p + "hub_cpu_ms_per_device"] = figure(run["hub_cpu_ms_per_device"])
         figures[p + "broker_cpu_s_wave"] = figure(run["broker_cpu_s_wave"])
         figures[p + "device_loop_cpu_s_wave"] = figure(run["device_loop_cpu_s_wave"])
-        figures[p + "device_loop_cpu_s_wave_busiest"] = figure(
-            run["device_loop_cpu_s_wave_busiest"]
-        )
         hub_b = run["hub_idle_bytes_per_device"]
         figures[p + "hub_idle_bytes_per_device"] = figure(hub_b, "< 2048", hub_b < 2048)
         figures[p + "broker_idle_bytes_per_device"] = figure(run["broker_idle_bytes_per_device"])
@@ -453,7 +461,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "devices": args.devices,
             "step_interval_s": STEP_INTERVAL_S,
             "broker_autosave": args.broker_autosave,
-            "device_processes": args.device_processes,
         },
         "runs": {str(k): v for k, v in runs.items()},
     }
@@ -468,15 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         default="shipped",
         help="every-change: a reference, Mosquitto persistence saved after every change",
     )
-    parser.add_argument(
-        "--device-processes",
-        type=int,
-        default=2,
-        help="worker processes the simulated devices are spread over (each its own loop)",
-    )
     args = parser.parse_args(argv)
-    if args.device_processes < 1:
-        parser.error(f"--device-processes must be at least 1, got {args.device_processes}")
     args.devices = args.devices or [1000]
     report(benchmark(args))
     return 0
