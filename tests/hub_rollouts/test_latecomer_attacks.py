@@ -142,7 +142,10 @@ def test_a_latecomer_held_by_a_newer_rollout_waits_for_it(
     _, driver = complete(engine, key, clock)
     registry.enroll(engine, "box-late", group="shop", at=clock())
     newer = make_spec(
-        version="3.0.0", target={"devices": ["box-late"]}, wave_percent=[100], approval_required=True
+        version="3.0.0",
+        target={"devices": ["box-late"]},
+        wave_percent=[100],
+        approval_required=True,
     )
     waiting = store.create(engine, newer, "alice", listed)
     assert waiting.id is not None
