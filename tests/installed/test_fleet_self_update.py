@@ -27,10 +27,9 @@ from hub.fleet import registry
 from hub.registry.agent_release import publish_installer
 from hub.registry.repository import ReleaseRepository
 from tests.fleet.processes import active_on_hub, wait_for
-from tests.fleet.test_hub_and_agent import Device, Hub, running_hub
+from tests.fleet.test_hub_and_agent import Device, Hub, enrolled_on_first_release, running_hub
 from tests.installed.fleet_slots import CRASHES, GOOD, make_slot, state
 from tests.installed.test_handover import Load
-from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -117,10 +116,7 @@ def test_the_fleet_updates_the_agent_pin_held_and_reported_then_switched_under_l
 ) -> None:
     repo = ReleaseRepository.open(hub.root / "repository", hub.root / "keys")
     publish_installer(repo, agent_release(tmp_path / "rel-0.2.0", "0.2.0", GOOD))
-    token = hub.cli("device", "enroll", "dev-1").stdout.strip()
-    device = Device(tmp_path / "device", free_port())
-    assert device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token).returncode == 0
-    assert device.cli("update", "tiny", "--version", "1.0.0").returncode == 0
+    device = enrolled_on_first_release(hub, tmp_path)
     root = tmp_path / "opt"
     make_slot(root, "a", GOOD, "0.1.0")
     save_state(root, SlotState(committed="a"))
@@ -175,10 +171,7 @@ def test_a_fleet_release_that_fails_its_health_check_falls_back_and_reports_why(
 ) -> None:
     repo = ReleaseRepository.open(hub.root / "repository", hub.root / "keys")
     publish_installer(repo, agent_release(tmp_path / "rel-0.3.0", "0.3.0", CRASHES))
-    token = hub.cli("device", "enroll", "dev-1").stdout.strip()
-    device = Device(tmp_path / "device", free_port())
-    assert device.cli("enroll", hub.url, "--device-id", "dev-1", "--token", token).returncode == 0
-    assert device.cli("update", "tiny", "--version", "1.0.0").returncode == 0
+    device = enrolled_on_first_release(hub, tmp_path)
     root = tmp_path / "opt"
     make_slot(root, "a", GOOD, "0.1.0")
     save_state(root, SlotState(committed="a"))
