@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ class Target:
     url: str
     model: str
     extra: dict[str, Any]  # request fields beyond OpenAI's (forcing the answer's length)
+    # Each 6th turn's prompt tokens that were not reused: the prefill its time pays for.
+    # An answer whose text tokenizes differently from the tokens generated ends reuse there.
+    sixth_turn_new_tokens: list[float] = field(default_factory=list)
 
     def client(self) -> Any:
         import openai
@@ -182,7 +185,9 @@ def twenty_turns(target: Target) -> list[dict[str, Any]]:
 
 
 def sixth_turn_ttft(target: Target, run: int) -> float:
-    return float(chat_turns(target, 6, 4000 + 100 * run, answer=96)[-1]["ttft"])
+    sixth = chat_turns(target, 6, 4000 + 100 * run, answer=96)[-1]
+    target.sixth_turn_new_tokens.append(float(sixth["prompt_tokens"] - sixth["cached_tokens"]))
+    return float(sixth["ttft"])
 
 
 def repeated_prompt_ttft(target: Target, run: int) -> float:
@@ -338,6 +343,7 @@ def main() -> None:
     result = summarize(
         fast.name, other.name, figures, twenty, plain, fast_concurrent, other_concurrent, four_name
     )
+    result["figures"].update(sixth_turn_prefill(fast, other, figures))
     result["model"] = args.model
     result["reference"] = "llama-server" if reference else "agent without prompt cache"
     report(result)
@@ -377,6 +383,22 @@ def summarize(
     out[f"concurrent_4_chats_tok_s_{four_name}"] = figure(theirs_concurrent)
     out["concurrent_4_chats_ratio"] = figure(ratio, ">= 1.2", ratio is not None and ratio >= 1.2)
     return {"bench": "conversation", "figures": out}
+
+
+def sixth_turn_prefill(
+    ours: Target, theirs: Target, figures: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The 6th turn's new (not reused) prompt tokens on each side, and its time per new
+    token: where the two sides reused different amounts, this compares their prefill."""
+    out: dict[str, Any] = {}
+    per_token = []
+    for target in (ours, theirs):
+        new = median(target.sixth_turn_new_tokens) if target.sixth_turn_new_tokens else 0.0
+        out[f"sixth_turn_new_tokens_{target.name}"] = figure(new)
+        per_token.append(figures[target.name]["ttft_6th_turn_s"] / new if new else None)
+    a, b = per_token
+    out["sixth_turn_s_per_new_token_ratio"] = figure(a / b if a and b else None)
+    return out
 
 
 if __name__ == "__main__":
