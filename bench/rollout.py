@@ -352,7 +352,6 @@ def run_size(count: int, workdir: Path, autosave: str) -> dict[str, Any]:
         print(f"  {count} devices enrolled in {time.monotonic() - began:.1f} s", flush=True)
         address, key = _hub_address_and_key(workdir / "hub")
         fleet = SimulatedFleet(address, director_public_keys(key))
-        thresholds = gc.get_threshold()
         try:
             fleet.add(enrolled, active={MODEL: OLD})
             before = hub.call("stats")
@@ -369,12 +368,13 @@ def run_size(count: int, workdir: Path, autosave: str) -> dict[str, Any]:
             # device's (1.6 million objects at 10,000) and what each keeps of the wave
             # (`sent`, paho's state). The collector's passes over all of them took 2.9 s in
             # this process from opening a wave to the reference (two full passes 2.0 s;
-            # 10,000 devices, 2026-11-28): the simulation's cost, not the protocol's. So, as
-            # the ingest's writer process does: the objects from before the wave frozen out
-            # of collections, and the young generation collected every 100,000 allocations
-            # instead of 700 (cycles are still collected, less often).
+            # 10,000 devices, 2026-11-28), on the devices' one loop thread, which is what
+            # limits the wave: the simulation's cost, not the protocol's. So the objects
+            # from before the wave are frozen out of collections, and none runs until the
+            # reference is done (what the devices make is freed by reference counting; any
+            # cycles are collected after).
             gc.freeze()
-            gc.set_threshold(100_000, 50, 50)
+            gc.disable()
             wave0 = hub.call("stats")
             loop_thread = fleet.loop._thread
             assert loop_thread is not None and loop_thread.native_id is not None
@@ -403,7 +403,7 @@ def run_size(count: int, workdir: Path, autosave: str) -> dict[str, Any]:
             checks = hub.call("state_checks", 5.0)
             refused = sum(len(d.refusals) for d in devices)
         finally:
-            gc.set_threshold(*thresholds)
+            gc.enable()
             gc.unfreeze()
             fleet.stop()
     finally:
