@@ -368,11 +368,11 @@ def run_size(count: int, workdir: Path, autosave: str) -> dict[str, Any]:
             # device's (1.6 million objects at 10,000) and what each keeps of the wave
             # (`sent`, paho's state). The collector's passes over all of them took 2.9 s in
             # this process from opening a wave to the reference (two full passes 2.0 s;
-            # 10,000 devices, 2026-11-28), on the devices' one loop thread, which is what
-            # limits the wave: the simulation's cost, not the protocol's. So the objects
-            # from before the wave are frozen out of collections, and none runs until the
-            # reference is done (what the devices make is freed by reference counting; any
-            # cycles are collected after).
+            # 10,000 devices, 2026-11-28), where the devices' loop thread makes nearly every
+            # object: the simulation's cost, not the protocol's. So the objects from before
+            # the wave are frozen out of collections, and none runs until the reference is
+            # done (what the devices make is freed by reference counting; any cycles are
+            # collected after).
             gc.freeze()
             gc.disable()
             wave0 = hub.call("stats")
