@@ -6,8 +6,9 @@ server (artifacts and enrollment).
     ingest           one worker: reports into the database (plain subscriptions on the
                      managed Mosquitto, shared ones on an external broker)
     publisher        signed desired state, retained, on each device's topic
-    jobs             metadata refresh; desired state published and renewed; rollouts
-                     driven a step (hub.rollouts.driver); the fleet
+    desired rounds   desired state renewed and published every few seconds, and at once
+                     when the rollout driver has signed a chunk (hub.fleet.publish_loop)
+    jobs             metadata refresh; rollouts driven a step (hub.rollouts.driver); the fleet
                      watched: a revocation (a newly revoked certificate) makes the broker cut
                      off the device's open connection too, and new group membership rewrites
                      the broker's ACL
@@ -19,8 +20,8 @@ the database only; the jobs here carry the change to the broker within seconds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -39,6 +40,7 @@ from hub.broker import ChildBroker, managed_broker
 from hub.config import HubConfig
 from hub.fleet import desired, registry
 from hub.fleet.authority import FleetAuthority
+from hub.fleet.publish_loop import PublishLoop
 from hub.fleet.publisher import DesiredPublisher
 from hub.ingest.consumer import IngestConsumer, IngestSettings, writer_processes_for
 from hub.registry.repository import ReleaseRepository
@@ -61,6 +63,7 @@ class HubService:
     broker: ChildBroker | None = field(default=None, init=False)
     ingest: IngestConsumer | None = field(default=None, init=False)
     publisher: DesiredPublisher | None = field(default=None, init=False)
+    desired_rounds: PublishLoop | None = field(default=None, init=False)
     scheduler: BackgroundScheduler | None = field(default=None, init=False)
     token_seed_file: Path = field(init=False)
     token_keys: PeriodKeys = field(init=False)
@@ -115,13 +118,18 @@ class HubService:
         self.publisher.start()
         if not self.publisher.wait_connected(CONNECT_TIMEOUT_S):
             log.warning("the desired-state publisher is not connected yet; it keeps trying")
-        self.scheduler = self._jobs()
+        self.desired_rounds = PublishLoop(self.desired_round, FLEET_JOB_SECONDS)
+        self.desired_rounds.start()
+        self.scheduler = self._jobs(self.desired_rounds.wake)
         self.scheduler.start()
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        if self.desired_rounds is not None:
+            self.desired_rounds.stop()
+            self.desired_rounds = None
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher = None
@@ -135,7 +143,7 @@ class HubService:
 
     # --- jobs ----------------------------------------------------------------------------
 
-    def _jobs(self) -> BackgroundScheduler:
+    def _jobs(self, on_signed: Callable[[], None]) -> BackgroundScheduler:
         scheduler = new_scheduler()
         root, keys = self.repository.root, self.repository.keys_dir
         add_refresh_job(
@@ -143,18 +151,12 @@ class HubService:
             lambda: ReleaseRepository.open(root, keys),
             self.config.repository.refresh_interval_seconds,
         )
-        scheduler.add_job(
-            self.desired_round,
-            "interval",
-            seconds=FLEET_JOB_SECONDS,
-            next_run_time=datetime.now(UTC),
-            id="desired-state",
-        )
         driver = make_driver(
             self.engine,
             self.authority.director.private_key,
             self.repository,
             self.config.telemetry.k_anonymity,
+            on_signed=on_signed,
         )
         add_rollout_job(scheduler, driver, FLEET_JOB_SECONDS)
         add_rollup_job(scheduler, self.engine)

@@ -21,8 +21,15 @@ def make_driver(
     key: Callable[[], Ed25519PrivateKey],
     repository: ReleaseRepository,
     k_anonymity: int,
+    on_signed: Callable[[], None] = lambda: None,
 ) -> Driver:
-    return Driver(engine, key, repository_check(repository), telemetry_query(engine, k_anonymity))
+    return Driver(
+        engine,
+        key,
+        repository_check(repository),
+        telemetry_query(engine, k_anonymity),
+        on_signed=on_signed,
+    )
 
 
 def add_rollout_job(scheduler: BackgroundScheduler, driver: Driver, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""The hub's managed Mosquitto on a free loopback port, with a fresh device CA."""
+"""The hub's managed Mosquitto on a free loopback port, with a fresh device CA; the whole
+serving hub (`hub`) for tests of what runs beside it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,40 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from hub import db
 from hub.broker import BrokerMissing, ManagedMosquitto
+from hub.config import ArtifactsConfig, BrokerConfig, DatabaseConfig, HubConfig, RepositoryConfig
 from hub.fleet.identity import DeviceCA, TlsFiles, key_pem, make_csr, new_key
+from hub.registry.repository import ReleaseRepository
+from hub.service import HubService
 from tests.mqtt_broker import Endpoint, TestClient
 from tests.ports import free_port
 
 DEVICE_GROUPS = {"dev-a": ["lab"], "dev-b": ["lab"]}
+
+
+def serving_hub(tmp_path: Path) -> Iterator[HubService]:
+    """The hub as `edge-hub serve` runs it (managed Mosquitto, ingest, director), on SQLite."""
+    config = HubConfig(
+        repository=RepositoryConfig(dir=tmp_path / "repository"),
+        artifacts=ArtifactsConfig(tokens_file=tmp_path / "tokens.json"),
+        database=DatabaseConfig(url=db.sqlite_url(tmp_path / "hub.sqlite3")),
+        broker=BrokerConfig(
+            port=free_port(), data_dir=tmp_path / "broker", identity_dir=tmp_path / "identity"
+        ),
+    )
+    repository = ReleaseRepository.create(config.repository_dir, config.keys_dir)
+    service = HubService(config, repository)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubService]:
+    yield from serving_hub(tmp_path)
 
 
 @pytest.fixture(scope="module")

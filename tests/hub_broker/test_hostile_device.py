@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +22,18 @@ from edge_agent.protocol.topics import (
     DeviceTopic,
     device_topic,
 )
-from hub import db
 from hub.broker import ManagedMosquitto
-from hub.config import (
-    ArtifactsConfig,
-    BrokerConfig,
-    DatabaseConfig,
-    HubConfig,
-    RepositoryConfig,
-)
 from hub.fleet.identity import DeviceCA
 from hub.fleet.models import InstallEventRecord, ReceivedMessage
-from hub.registry.repository import ReleaseRepository
 from hub.service import HubService
 from tests.hub_broker.conftest import device_files, tls_client
 from tests.hub_ingest.helpers import count, distinct_events, event, report, wait_count, wire
 from tests.mqtt_broker import TestClient
-from tests.ports import free_port
 
 EVENTS = 20
 REPORTS = 5
 # Long enough for a delivery on loopback (milliseconds), short enough to keep tests fast.
 SILENCE_S = 0.5
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubService]:
-    """The hub as `edge-hub serve` runs it (managed Mosquitto, ingest, director), on SQLite."""
-    config = HubConfig(
-        repository=RepositoryConfig(dir=tmp_path / "repository"),
-        artifacts=ArtifactsConfig(tokens_file=tmp_path / "tokens.json"),
-        database=DatabaseConfig(url=db.sqlite_url(tmp_path / "hub.sqlite3")),
-        broker=BrokerConfig(
-            port=free_port(), data_dir=tmp_path / "broker", identity_dir=tmp_path / "identity"
-        ),
-    )
-    repository = ReleaseRepository.create(config.repository_dir, config.keys_dir)
-    service = HubService(config, repository)
-    service.start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 def test_share_group_subscriptions_of_a_device_swallow_no_report(
