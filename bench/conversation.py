@@ -372,9 +372,12 @@ def summarize(
             out[f"{name}_ratio"] = figure(
                 ratio, f"<= {limit}", ratio is not None and ratio <= limit
             )
-    ttft_20 = [median([r["ttft"] for r in chat[1:]]) for chat in twenty]
-    out[f"ttft_20_turn_median_s_{ours}"] = figure(ttft_20[0])
-    out[f"ttft_20_turn_median_s_{theirs}"] = figure(ttft_20[1])
+    # A turn whose answer has no text (random weights: tokens that decode to nothing) shows
+    # its client no first token until the answer ends: its time says nothing of the prefill.
+    for name, chat in zip((ours, theirs), twenty, strict=True):
+        answered = [r["ttft"] for r in chat[1:] if r["text"]]
+        out[f"ttft_20_turn_median_s_{name}"] = figure(median(answered) if answered else None)
+        out[f"turns_without_text_20_{name}"] = figure(float(len(chat) - 1 - len(answered)))
     out["cached_tokens_20_turns"] = figure(float(sum(r["cached_tokens"] for r in twenty[0])))
     same = [a["text"] for a in twenty[0]] == [b["text"] for b in plain]
     out["answers_unchanged_20_turns"] = figure(float(same), "1 (cache on = off)", same)

@@ -123,46 +123,37 @@ class _HubSide:
         return self.hub.publish_pending()
 
     def open_wave(self, ids: list[str]) -> dict[str, Any]:
-        """Open the wave with the publisher's rounds running back to back alongside: each
-        round puts on the broker what the driver has committed so far (it commits every
-        hub.rollouts.driver.NOTIFY_CHUNK devices), so signing and publishing overlap."""
-        signing_done = threading.Event()
-        signed_some = threading.Event()  # the driver committed a chunk of signed states
+        """Open the wave with the hub's desired-state rounds running as `edge-hub serve`
+        runs them (hub.fleet.publish_loop): the driver wakes them after each chunk of
+        hub.rollouts.driver.NOTIFY_CHUNK states it commits, so signing and publishing
+        overlap; after signing, one more round that sees every state."""
+        from hub.fleet.publish_loop import PublishLoop
+
         published: list[int] = []
-
-        def publish_rounds() -> None:
-            while True:
-                last = signing_done.is_set()  # before the round: it then sees every state
-                signed_some.clear()
-                published.append(self.hub.publish_pending())
-                if last:
-                    return
-                signed_some.wait(1.0)
-
+        rounds = PublishLoop(lambda: published.append(self.hub.publish_pending()), 2.0)
         started = time.monotonic()
-        publishing = threading.Thread(target=publish_rounds, name="bench-publish-rounds")
-        publishing.start()
+        rounds.start()
         try:
             try:
-                notified = self._open_with_engine(len(ids), signed_some.set)
+                notified = self._open_with_engine(len(ids), rounds.wake)
                 how = "rollout engine (hub.rollouts): create, driver steps"
             except Exception as exc:  # the engine is not there (or not ready): what it calls
                 self.engine_note = f"rollout engine not used ({type(exc).__name__}: {exc})"
                 self.hub.assign(ids, MODEL, NEW)
                 notified = len(ids)
                 how = "hub.fleet.desired.assign (the rollout engine was not usable)"
-        finally:
             signed = time.monotonic()
-            signing_done.set()
-            signed_some.set()
-            publishing.join()
+            if not rounds.flush(120):
+                raise RuntimeError("the desired-state rounds did not publish within 120 s")
+        finally:
+            rounds.stop()
         return {
             "started": started,
             "signed": signed,
             "published_at": time.monotonic(),
             "published": sum(published),
             "notified": notified,
-            "how": how + "; publisher rounds alongside",
+            "how": how + "; the hub's desired-state rounds, woken by the driver",
         }
 
     def _open_with_engine(self, count: int, on_signed: Callable[[], None]) -> int:
