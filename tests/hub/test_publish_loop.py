@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hub.fleet.publish_loop import PublishLoop
+from tests.fleet.processes import wait_for
 
 LONG_S = 3600.0  # a tick that never comes within a test: only wakes run rounds
 
@@ -42,111 +45,87 @@ class Rounds:
                 self.running -= 1
 
 
-def wait_until(condition: object, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
+@contextmanager
+def running(rounds: Rounds, interval_s: float = LONG_S) -> Iterator[PublishLoop]:
+    """A started loop over `rounds`; at the end any held round is let go and it stops."""
+    loop = PublishLoop(rounds, interval_s)
+    loop.start()
+    try:
+        yield loop
+    finally:
+        rounds.hold.set()
+        loop.stop()
 
 
 def test_a_round_at_start_then_one_per_wake_not_per_tick() -> None:
     rounds = Rounds()
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    try:
-        assert wait_until(lambda: len(rounds.started) == 1), "no round at start"
+    with running(rounds) as loop:
+        wait_for(lambda: len(rounds.started) == 1, "a round at start", 5)
         woken = time.monotonic()
         loop.wake()
-        assert wait_until(lambda: len(rounds.started) == 2), "a wake ran no round"
+        wait_for(lambda: len(rounds.started) == 2, "a round after the wake", 5)
         assert rounds.started[1] - woken < 1.0
-    finally:
-        loop.stop()
 
 
 def test_periodic_rounds_run_without_wakes() -> None:
     rounds = Rounds()
-    loop = PublishLoop(rounds, 0.05)
-    loop.start()
-    try:
-        assert wait_until(lambda: len(rounds.started) >= 4)
-    finally:
-        loop.stop()
+    with running(rounds, interval_s=0.05):
+        wait_for(lambda: len(rounds.started) >= 4, "four periodic rounds", 5)
 
 
 def test_wakes_during_a_round_fold_into_one_next_round_never_two_at_once() -> None:
     rounds = Rounds()
     rounds.hold.clear()
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    try:
-        assert wait_until(lambda: rounds.running == 1)
+    with running(rounds) as loop:
+        wait_for(lambda: rounds.running == 1, "the first round", 5)
         for _ in range(20):  # a driver committing chunk after chunk during one round
             loop.wake()
         rounds.hold.set()
-        assert wait_until(lambda: len(rounds.started) == 2)
+        wait_for(lambda: len(rounds.started) == 2, "the round the wakes asked for", 5)
         time.sleep(0.2)
         assert len(rounds.started) == 2, "each wake ran a round of its own"
         assert rounds.most_at_once == 1
-    finally:
-        loop.stop()
 
 
 def test_flush_waits_for_a_round_that_began_after_it() -> None:
     rounds = Rounds()
     rounds.hold.clear()
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    try:
-        assert wait_until(lambda: rounds.running == 1)  # a round under way: too early
+    with running(rounds) as loop:
+        wait_for(lambda: rounds.running == 1, "a round under way: too early", 5)
         done: list[bool] = []
         flusher = threading.Thread(target=lambda: done.append(loop.flush(10)))
         flusher.start()
         time.sleep(0.1)
         rounds.passes.release()  # the early round ends; the next one is held
-        assert wait_until(lambda: len(rounds.started) == 2 and rounds.running == 1)
+        wait_for(lambda: len(rounds.started) == 2 and rounds.running == 1, "the flushed round", 5)
         time.sleep(0.1)
         assert done == [], "the flush ended with a round that began before it"
         rounds.passes.release()
         flusher.join(10)
         assert done == [True]
-    finally:
-        rounds.hold.set()
-        loop.stop()
 
 
 def test_flush_says_so_at_its_timeout() -> None:
     rounds = Rounds()
     rounds.hold.clear()
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    try:
+    with running(rounds) as loop:
         assert loop.flush(0.2) is False
-    finally:
-        rounds.hold.set()
-        loop.stop()
 
 
 def test_a_failed_round_does_not_end_the_rounds() -> None:
     rounds = Rounds()
     rounds.fail = True
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    try:
-        assert wait_until(lambda: len(rounds.started) == 1)
+    with running(rounds) as loop:
+        wait_for(lambda: len(rounds.started) == 1, "the failing round", 5)
         assert loop.flush(5), "the failed round ended the loop"
         rounds.fail = False
         assert loop.flush(5)
-    finally:
-        loop.stop()
 
 
 def test_stop_ends_the_thread() -> None:
     rounds = Rounds()
-    loop = PublishLoop(rounds, LONG_S)
-    loop.start()
-    loop.stop()
+    with running(rounds) as loop:
+        pass
     count = len(rounds.started)
     loop.wake()
     time.sleep(0.1)
