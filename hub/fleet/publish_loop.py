@@ -4,7 +4,9 @@ when woken. The rollout driver wakes it after each chunk of signed states it com
 signs the rest, instead of waiting for the next tick (bench/rollout.py measures this).
 
 Rounds never overlap, and wakes that come during a round fold into one next round: a
-round publishes everything pending when it starts.
+round publishes everything pending when it starts. Not an apscheduler job: running one at
+once while it runs is skipped (with a warning), and a wave's chunks are committed while a
+round is under way, so they would wait for the next tick.
 """
 
 from __future__ import annotations
